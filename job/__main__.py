@@ -1,0 +1,5 @@
+"""`python -m job` is `finetune-job`."""
+
+from job.cli import main
+
+main()

@@ -1,0 +1,25 @@
+"""What `finetune-job check` verifies, in the order a run would meet it, each step a line of output."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from job import data, models, storage, tasks
+from job.config import JobConfig
+
+
+def check(cfg: JobConfig) -> Iterator[str]:
+    yield f"config: ok (task {cfg.task.name}, model {cfg.model.name})"
+
+    task = tasks.get(cfg.task.name)
+    sample = data.sample_splits(cfg)
+    spec = task.inspect(sample, cfg)
+    columns = ", ".join(c for c in sample["train"].column_names if c != data.ROW_ID)
+    labels = getattr(spec, "label_names", None)
+    yield f"data: ok ({len(sample['train'])} rows read; columns {columns}" + (f"; labels {', '.join(labels)})" if labels else ")")
+
+    store = storage.open_store(cfg.output.uri, cfg.s3)
+    storage.probe(store)
+    yield f"output: ok ({store.uri} is writable)"
+
+    yield f"model: ok ({models.check(cfg)})"

@@ -1,0 +1,92 @@
+"""The `finetune-job` command line. The root only registers commands; each lives in job/commands/.
+
+Commands load lazily, so `finetune-job --help` imports no torch, transformers, datasets or boto3.
+User errors end as one line and the exit code of their kind (job/errors.py); `--debug` adds the
+traceback. Unexpected errors are bugs: they exit 1 with the traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+import click
+
+from job import errors
+
+COMMANDS = {
+    "run": "job.commands.run",
+    "check": "job.commands.check",
+    "config": "job.commands.show_config",
+    "predict": "job.commands.predict",
+}
+
+log = logging.getLogger("job")
+_debug = False
+
+
+class LazyGroup(click.Group):
+    """Imports a command's module only when that command runs (or its help is shown)."""
+
+    def list_commands(self, ctx):
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS:
+            return None
+        return importlib.import_module(COMMANDS[name]).command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="finetune-job")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    envvar="FINETUNE_LOG_FORMAT",
+    show_default=True,
+    help="json: one JSON object per line, for log collectors.",
+)
+@click.option("--debug", is_flag=True, envvar="FINETUNE_DEBUG", help="Show tracebacks and debug logs.")
+@click.pass_context
+def cli(ctx: click.Context, log_format: str, debug: bool) -> None:
+    """Fine-tune a Hugging Face model from a config file and publish the model, predictions and
+    metrics to a local directory or S3-compatible storage.
+
+    With no config at all, `finetune-job run` trains a tiny model on the shipped demo data.
+    Exit codes: 0 done, 1 internal error, 2 usage, 3 config, 4 data, 5 model, 6 storage,
+    10 interrupted (checkpoint saved; rerun to resume).
+    """
+    global _debug
+    from job import log as job_log
+
+    _debug = debug
+    job_log.setup(log_format, debug)
+    ctx.obj = {"log_format": log_format, "debug": debug}
+
+
+def main() -> None:
+    try:
+        cli.main(prog_name="finetune-job", standalone_mode=False)
+    except errors.JobError as exc:
+        _fail(exc.format_message(), exc.exit_code, exc)
+    except click.exceptions.Abort:
+        _fail("aborted", errors.EXIT_INTERRUPTED, None)
+    except click.ClickException as exc:  # usage errors: click prints them with the usage line
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        _fail("interrupted", errors.EXIT_INTERRUPTED, None)
+    except Exception as exc:  # a bug, not a user mistake: keep the traceback
+        log.error("internal error: %s: %s", type(exc).__name__, exc, exc_info=True, extra={"exit_code": errors.EXIT_INTERNAL})
+        sys.exit(errors.EXIT_INTERNAL)
+    sys.exit(0)
+
+
+def _fail(message: str, code: int, exc: BaseException | None) -> None:
+    if logging.getLogger().handlers:
+        log.error(message, exc_info=exc if _debug else None, extra={"exit_code": code})
+    else:  # failed before logging was set up
+        click.echo(message, err=True)
+    sys.exit(code)

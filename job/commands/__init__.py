@@ -1,0 +1,36 @@
+"""One module per command; `config_options` gives every config-reading command the same options."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import click
+
+EMBEDDED_CONFIG = "builtin:demo"
+
+
+def config_options(command):
+    command = click.option(
+        "--set",
+        "sets",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Override one config value (repeatable), e.g. --set training.num_train_epochs=1.",
+    )(command)
+    return click.option(
+        "--config",
+        "config_path",
+        metavar="PATH",
+        envvar="FINETUNE_CONFIG",
+        help="YAML config file [env: FINETUNE_CONFIG]. Without one, the embedded demo config is used.",
+    )(command)
+
+
+def load_config(config_path: str | None, sets: tuple[str, ...]):
+    """Resolve the config; no file at all means the embedded demo (shipped data, tiny model)."""
+    from job import config
+
+    if not config_path:
+        with resources.as_file(resources.files("job") / "demo" / "config.yaml") as path:
+            return config.load(str(path), sets)
+    return config.load(config_path, sets)

@@ -1,0 +1,458 @@
+"""The job's configuration: its schema, the four layers that set it, and their checks.
+
+Precedence, lowest to highest (documented once, here and in the README):
+
+    defaults  <  YAML file (--config / FINETUNE_CONFIG)  <  FINETUNE_* environment  <  --set key=value
+
+Every value remembers which layer set it (`finetune-job config` prints that). Unknown keys are errors
+with a "did you mean" hint, values must have the declared type, and settings that contradict each
+other are rejected here, before a weight or a row is read. The `training:` section is passed through
+to `transformers.TrainingArguments`, so its keys and types are checked against that class instead of
+being declared again here. The `task:` section holds the task's name plus the settings its module
+declares (see job/tasks/).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from job import env
+from job.errors import ConfigError
+
+BUILTIN_PREFIX = "builtin:"
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_SECRET_KEY = re.compile(r"token|secret|password|passwd|credential|api_key|access_key", re.I)
+REDACTED = "***"
+
+
+def _setting(default, help: str, **kwargs):
+    return field(default=default, metadata={"help": help}, **kwargs)
+
+
+@dataclass
+class ModelConfig:
+    name: str = _setting("builtin:tiny-bert", "Hub id, local directory, s3:// prefix, or builtin:tiny-bert.")
+    revision: str | None = _setting(None, "Hub revision (branch, tag or commit) of the model.")
+    trust_remote_code: bool = _setting(False, "Run model code shipped with a Hub model. Off unless you trust it.")
+    train: str = _setting("all", "'all' fine-tunes every layer; 'head' freezes the pretrained body (transfer learning).")
+
+
+@dataclass
+class DataConfig:
+    dataset: str | None = _setting(None, "Hub dataset id, or builtin:sentiment-demo. Or use the *_files keys.")
+    config_name: str | None = _setting(None, "Hub dataset configuration name.")
+    revision: str | None = _setting(None, "Hub dataset revision (branch, tag or commit).")
+    train_files: str | list[str] | None = _setting(None, "Local path, glob or s3:// URI (or a list of them).")
+    validation_files: str | list[str] | None = _setting(None, "As train_files; carved from train when absent.")
+    test_files: str | list[str] | None = _setting(None, "As train_files; carved from train when absent.")
+    format: str | None = _setting(None, "csv, json or parquet; inferred from the file extension when unset.")
+    text_column: str = _setting("text", "Input column.")
+    text_pair_column: str | None = _setting(None, "Second input column for sentence-pair tasks.")
+    label_column: str = _setting("label", "Label (or target) column.")
+    id_column: str | None = _setting(None, "Column that identifies a row in predictions; the row number when unset.")
+    label_names: list[str] | None = _setting(None, "Fixes the label set and its order; inferred when unset.")
+    validation_size: float = _setting(0.1, "Share of train carved as validation when there is no validation split.")
+    test_size: float = _setting(0.1, "Share of train carved as test when there is no test split.")
+    max_train_samples: int | None = _setting(None, "Keep only the first N training rows (smoke runs).")
+    max_eval_samples: int | None = _setting(None, "Keep only the first N validation rows.")
+    max_predict_samples: int | None = _setting(None, "Keep only the first N test rows.")
+    max_length: int | None = _setting(None, "Truncate inputs to N tokens (default: the tokenizer's limit, at most 512).")
+    pad_to_max_length: bool = _setting(False, "Pad every batch to max_length (slower; for static-shape hardware).")
+    streaming: bool = _setting(False, "Stream the training split as an IterableDataset (needs training.max_steps).")
+    num_proc: int | None = _setting(None, "Worker processes for tokenization (map-style datasets only).")
+
+
+@dataclass
+class OutputConfig:
+    uri: str = _setting("./outputs", "Local directory or s3://bucket/prefix; each run writes <uri>/<run-id>/.")
+    work_dir: str | None = _setting(None, "Local scratch for checkpoints and staging (default: $TMPDIR/finetune-job).")
+
+
+@dataclass
+class S3Config:
+    endpoint_url: str | None = _setting(None, "S3-compatible endpoint; AWS_ENDPOINT_URL is used when unset.")
+    region: str | None = _setting(None, "Region; the AWS configuration chain decides when unset.")
+    max_attempts: int = _setting(10, "Attempts per request (botocore standard retry mode).")
+    multipart_threshold_mb: int = _setting(64, "Files larger than this upload in parts.")
+    multipart_chunksize_mb: int = _setting(16, "Size of each uploaded part (at least 5).")
+
+
+@dataclass
+class TaskConfig:
+    name: str = _setting("text-classification", "The kind of fine-tuning; see `finetune-job tasks`.")
+    settings: Any = None  # the task module's own Settings dataclass, filled in by load()
+
+
+@dataclass
+class JobConfig:
+    run_id: str | None = _setting(None, "Names <output.uri>/<run-id>/; generated when unset.")
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    s3: S3Config = field(default_factory=S3Config)
+    training: dict[str, Any] = field(default_factory=dict)
+    # dotted key -> where its value came from ("default", "file x.yaml", "env FINETUNE_X", "--set")
+    sources: dict[str, str] = field(default_factory=dict, repr=False)
+
+    @property
+    def seed(self) -> int:
+        """One seed for everything (data carving, init, sampling): TrainingArguments' own."""
+        return int(self.training.get("seed", 42))
+
+
+# Sections whose keys are declared by a dataclass; `training` and the task settings are checked elsewhere.
+_SECTIONS = {"model": ModelConfig, "data": DataConfig, "output": OutputConfig, "s3": S3Config}
+_TOP_LEVEL = ("run_id", "task", "model", "data", "output", "s3", "training")
+# Keys of TrainingArguments the job owns: setting them would break where the job puts its files.
+_MANAGED_TRAINING_KEYS = {"output_dir": "the job stages under output.work_dir; set output.uri instead"}
+
+
+class _Text(str):
+    """A raw string from the environment or --set: typed by the field it lands in, not by its look."""
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def load(path: str | None = None, sets: tuple[str, ...] = (), *, use_env: bool = True) -> JobConfig:
+    """Resolve the config from its four layers and check it; raise ConfigError on the first problem."""
+    from job import tasks  # cheap: task modules import their heavy libraries lazily
+
+    merged: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    if path is None:
+        path = env.get("FINETUNE_CONFIG") or None
+    if path is not None:
+        _merge(merged, sources, _read_yaml(path), f"file {path}")
+    if use_env:
+        for key, (value, variable) in env.config_overrides().items():
+            _merge(merged, sources, _nest(key, _Text(value)), f"env {variable}")
+    for item in sets:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"expected key=value, got {item!r}", where="--set")
+        _merge(merged, sources, _nest(key.strip(), _Text(value)), "--set")
+
+    task_section = merged.get("task", {})
+    task_name = _typed(task_section.get("name", TaskConfig.name), str, "task.name", sources)
+    task_module = tasks.get(task_name)  # ConfigError with a hint when unknown
+
+    cfg = JobConfig(
+        run_id=_typed(merged.get("run_id"), str | None, "run_id", sources),
+        task=TaskConfig(
+            name=task_name,
+            settings=_build(task_module.Settings, {k: v for k, v in task_section.items() if k != "name"}, "task", sources),
+        ),
+        training=_check_training(merged.get("training", {}), sources),
+        **{name: _build(cls, merged.get(name, {}), name, sources) for name, cls in _SECTIONS.items()},
+    )
+    cfg.sources = {key: sources.get(key, "default") for key in flatten(to_dict(cfg))}
+    _validate(cfg)
+    return cfg
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    import yaml
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("config file not found", where=path) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file ({exc.__class__.__name__})", where=path) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"invalid YAML{at}: {problem}", where=path) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"the top level must be a mapping of sections, got {type(data).__name__}", where=path)
+    if isinstance(data.get("task"), str):  # `task: seq2seq` is shorthand for `task: {name: seq2seq}`
+        data["task"] = {"name": data["task"]}
+    return data
+
+
+def _nest(dotted: str, value: Any) -> dict[str, Any]:
+    parts = dotted.split(".")
+    nested: dict[str, Any] = {parts[-1]: value}
+    for part in reversed(parts[:-1]):
+        nested = {part: nested}
+    return nested
+
+
+def _merge(into: dict, sources: dict, layer: dict, source: str, prefix: str = "") -> None:
+    """Overlay one layer, checking key names against the schema and recording each value's source."""
+    for key, value in layer.items():
+        dotted = f"{prefix}{key}"
+        _check_key(dotted, source)
+        # Sections (and a task's settings) merge key by key; a training value is a leaf even when it is
+        # a dict (e.g. training.accelerator_config), and so is every other value.
+        depth = dotted.count(".")
+        if isinstance(value, dict) and depth == 0 and key != "run_id":
+            section = into.setdefault(key, {})
+            if not isinstance(section, dict):
+                raise ConfigError(f"expected a mapping, got {type(section).__name__}", where=f"{key} ({source})")
+            _merge(section, sources, value, source, prefix=f"{dotted}.")
+        else:
+            into[key] = value
+            sources[dotted] = source
+
+
+def _check_key(dotted: str, source: str) -> None:
+    parts = dotted.split(".")
+    if parts[0] not in _TOP_LEVEL:
+        _unknown(dotted, parts[0], _TOP_LEVEL, source)
+    if len(parts) == 1:
+        return
+    section = parts[0]
+    if section in _SECTIONS:
+        names = [f.name for f in dataclasses.fields(_SECTIONS[section])]
+        if parts[1] not in names:
+            _unknown(dotted, parts[1], names, source, prefix=f"{section}.")
+    elif section == "run_id":
+        raise ConfigError("run_id is a value, not a section", where=f"{dotted} ({source})")
+    if len(parts) > 2:
+        raise ConfigError("nested too deep: sections hold plain values", where=f"{dotted} ({source})")
+
+
+def _unknown(dotted: str, name: str, choices, source: str, prefix: str = "") -> typing.NoReturn:
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f" (valid: {', '.join(choices)})"
+    raise ConfigError(f"unknown key{hint}", where=f"{dotted} ({source})")
+
+
+# ---------------------------------------------------------------------------------------------- types
+
+
+def _build(cls, values: dict[str, Any], section: str, sources: dict[str, str]):
+    """Instantiate a section dataclass, type-checking each value against its annotation."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in names:
+            _unknown(f"{section}.{key}", key, sorted(names), sources.get(f"{section}.{key}", "?"), prefix=f"{section}.")
+    kwargs = {key: _typed(value, hints[key], f"{section}.{key}", sources) for key, value in values.items()}
+    return cls(**kwargs)
+
+
+def _typed(value: Any, annotation, key: str, sources: dict[str, str]) -> Any:
+    if isinstance(value, _Text):
+        value = _from_text(value, annotation)
+    if not _matches(value, annotation):
+        where = f"{key} ({sources[key]})" if key in sources else key
+        raise ConfigError(f"expected {_describe(annotation)}, got {value!r}", where=where)
+    return value
+
+
+def _from_text(text: _Text, annotation) -> Any:
+    """Read an environment/--set string: YAML scalar rules, unless the field takes the text as is."""
+    import yaml
+
+    raw = str(text)
+    if _accepts(annotation, str) and not any(_accepts(annotation, t) for t in (bool, int, float, list, dict)):
+        return None if raw.lower() in ("null", "~", "none") and _accepts(annotation, type(None)) else raw
+    try:
+        parsed = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        return raw
+    if _accepts(annotation, str) and not _matches(parsed, annotation):
+        return raw
+    return parsed
+
+
+def _members(annotation) -> tuple:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return typing.get_args(annotation)
+    return (annotation,)
+
+
+def _accepts(annotation, kind: type) -> bool:
+    for member in _members(annotation):
+        base = typing.get_origin(member) or member
+        if base is Any or base is kind or (isinstance(base, type) and issubclass(base, enum.Enum) and kind is str):
+            return True
+    return False
+
+
+def _matches(value: Any, annotation) -> bool:
+    for member in _members(annotation):
+        base = typing.get_origin(member) or member
+        if base is Any:
+            return True
+        if value is None:
+            if member is type(None):
+                return True
+            continue
+        if base is typing.Literal:
+            if value in typing.get_args(member):
+                return True
+            continue
+        if isinstance(base, type) and issubclass(base, enum.Enum):
+            if isinstance(value, str) or isinstance(value, base):
+                return True
+            continue
+        if base is bool:
+            if isinstance(value, bool):
+                return True
+            continue
+        if base is float:
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return True
+            continue
+        if base is int:
+            if isinstance(value, int) and not isinstance(value, bool):
+                return True
+            continue
+        if base is list:
+            args = typing.get_args(member)
+            if isinstance(value, list) and (not args or all(_matches(v, args[0]) for v in value)):
+                return True
+            continue
+        if isinstance(base, type) and isinstance(value, base):
+            return True
+    return False
+
+
+def _describe(annotation) -> str:
+    names = {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a mapping"}
+    parts = []
+    for member in _members(annotation):
+        if member is type(None):
+            continue
+        base = typing.get_origin(member) or member
+        parts.append(names.get(base, getattr(base, "__name__", str(base))))
+    return " or ".join(dict.fromkeys(parts)) or "nothing"
+
+
+def _check_training(values: dict[str, Any], sources: dict[str, str]) -> dict[str, Any]:
+    """Check names and types of the TrainingArguments pass-through without constructing it."""
+    if not values:
+        return {}
+    from transformers import TrainingArguments  # heavy; only config-reading commands get here
+
+    hints = typing.get_type_hints(TrainingArguments)
+    fields = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+    checked = {}
+    for key, value in values.items():
+        dotted = f"training.{key}"
+        if key in _MANAGED_TRAINING_KEYS:
+            raise ConfigError(_MANAGED_TRAINING_KEYS[key], where=f"{dotted} ({sources.get(dotted)})")
+        if key not in fields:
+            _unknown(dotted, key, sorted(fields), sources.get(dotted, "?"), prefix="training.")
+        checked[key] = _typed(value, hints.get(key, Any), dotted, sources)
+    return checked
+
+
+# ---------------------------------------------------------------------------------------------- checks
+
+
+def _validate(cfg: JobConfig) -> None:
+    """Settings that contradict each other, caught before anything is loaded (torchtune's rule)."""
+
+    def where(key: str) -> str:
+        return f"{key} ({cfg.sources.get(key, 'default')})"
+
+    if cfg.run_id is not None and not _RUN_ID.match(cfg.run_id):
+        raise ConfigError("use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit", where=where("run_id"))
+    if cfg.model.train not in ("all", "head"):
+        raise ConfigError(f"choose 'all' or 'head', got {cfg.model.train!r}", where=where("model.train"))
+    data = cfg.data
+    if data.dataset is None and data.train_files is None:
+        raise ConfigError("no training data: set data.dataset (a Hub id) or data.train_files", where="data")
+    if data.dataset is not None and data.train_files is not None:
+        raise ConfigError("set data.dataset or data.train_files, not both", where="data")
+    if data.format is not None and data.format not in FILE_FORMATS:
+        raise ConfigError(f"choose one of {', '.join(FILE_FORMATS)}, got {data.format!r}", where=where("data.format"))
+    for key in ("validation_size", "test_size"):
+        if not 0 < getattr(data, key) < 1:
+            raise ConfigError(f"must be between 0 and 1, got {getattr(data, key)}", where=where(f"data.{key}"))
+    for key in ("max_train_samples", "max_eval_samples", "max_predict_samples", "max_length", "num_proc"):
+        value = getattr(data, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"must be at least 1, got {value}", where=where(f"data.{key}"))
+    if data.pad_to_max_length and data.max_length is None:
+        raise ConfigError("data.pad_to_max_length needs data.max_length", where=where("data.pad_to_max_length"))
+    if data.streaming and int(cfg.training.get("max_steps", -1)) <= 0:
+        raise ConfigError(
+            "a streamed dataset has no length, so set training.max_steps (e.g. --set training.max_steps=1000)",
+            where=where("data.streaming"),
+        )
+    uri = cfg.output.uri
+    if "://" in uri and not uri.startswith("s3://"):
+        raise ConfigError(f"use a local path or s3://bucket/prefix, got {uri!r}", where=where("output.uri"))
+    if uri.startswith("s3://") and not uri[5:].split("/")[0]:
+        raise ConfigError("the s3:// URI has no bucket", where=where("output.uri"))
+    if cfg.s3.multipart_chunksize_mb < 5:
+        raise ConfigError("S3 parts must be at least 5 MB", where=where("s3.multipart_chunksize_mb"))
+
+
+FILE_FORMATS = ("csv", "json", "parquet")
+
+
+# ---------------------------------------------------------------------------------------------- output
+
+
+def to_dict(cfg: JobConfig) -> dict[str, Any]:
+    """The resolved config as plain nested data (what config.yaml holds), without redaction."""
+    out: dict[str, Any] = {"run_id": cfg.run_id}
+    task_settings = dataclasses.asdict(cfg.task.settings) if dataclasses.is_dataclass(cfg.task.settings) else {}
+    out["task"] = {"name": cfg.task.name, **task_settings}
+    for name in _SECTIONS:
+        out[name] = dataclasses.asdict(getattr(cfg, name))
+    out["training"] = dict(cfg.training)
+    return out
+
+
+def flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in nested.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and prefix == "":
+            flat.update(flatten(value, f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def redact(value: Any, key: str = "") -> Any:
+    """Replace values held under secret-looking keys; walk nested data."""
+    if isinstance(value, dict):
+        return {k: redact(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v, key) for v in value]
+    if value is not None and _SECRET_KEY.search(key):
+        return REDACTED
+    return value
+
+
+def describe(cfg: JobConfig) -> str:
+    """One line per key: the resolved (redacted) value and the layer that set it."""
+    import json
+
+    flat = flatten(redact(to_dict(cfg)))
+    width = max(len(k) for k in flat)
+    return "\n".join(f"{key:<{width}}  {json.dumps(value)}  # {cfg.sources.get(key, 'default')}" for key, value in flat.items())
+
+
+def dump_yaml(cfg: JobConfig) -> str:
+    import yaml
+
+    return yaml.safe_dump(redact(to_dict(cfg)), sort_keys=False)
+
+
+def is_builtin(name: str | None) -> bool:
+    return bool(name) and name.startswith(BUILTIN_PREFIX)

@@ -1,0 +1,275 @@
+"""Raw datasets: where rows come from and how the three splits are formed.
+
+Sources: a Hub dataset (`data.dataset`, with `config_name` and `revision`), the shipped demo data
+(`builtin:sentiment-demo`), or files (`data.*_files`: local paths, globs, or s3:// URIs read through
+the same S3 settings as the outputs). The result always has `train`, `validation` and `test`:
+
+- missing validation/test splits are carved from train with a seeded split, so the same config gives
+  the same rows in every split on every run;
+- every row carries `ROW_ID`: the `data.id_column` value, or the row's position in the split it was
+  read from. Predictions are keyed by it, so they can be matched to inputs whatever order a sampler
+  or a set of workers used;
+- with `data.streaming`, train stays an IterableDataset; validation and test are small and needed whole
+  (for metrics and predictions), so they are read into memory.
+
+Everything here is task-agnostic: which columns matter and what a label is belongs to the task.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from job import storage
+from job.config import DataConfig, JobConfig, is_builtin
+from job.errors import ConfigError, DataError, StorageError
+
+log = logging.getLogger(__name__)
+
+ROW_ID = "__row_id"
+SPLITS = ("train", "validation", "test")
+DEMO_DATASET = "builtin:sentiment-demo"
+_EXTENSIONS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+def load_splits(cfg: JobConfig):
+    """Load train/validation/test as a DatasetDict (train may be an IterableDataset when streaming)."""
+    from datasets import DatasetDict
+
+    data = cfg.data
+    raw = _load_source(cfg)
+    if "train" not in raw:
+        raise DataError(f"no 'train' split (found: {', '.join(raw) or 'none'})", where=_source_name(data))
+    splits = {name: raw[name] for name in SPLITS if name in raw}
+    if data.streaming:
+        for name in ("validation", "test"):
+            if name not in splits:
+                raise ConfigError(
+                    f"a streamed dataset cannot be carved; give a {name} split (data.{name}_files)",
+                    where="data.streaming",
+                )
+            splits[name] = _materialize(splits[name])
+    splits = {name: _with_row_ids(ds, data.id_column, name) for name, ds in splits.items()}
+    if not data.streaming:
+        splits = _carve_missing(splits, data, cfg.seed)
+    limits = {"train": data.max_train_samples, "validation": data.max_eval_samples, "test": data.max_predict_samples}
+    for name, limit in limits.items():
+        if limit is not None:
+            ds = splits[name]
+            splits[name] = ds.take(limit) if _is_iterable(ds) else ds.select(range(min(limit, len(ds))))
+    for name, ds in splits.items():
+        if not _is_iterable(ds) and len(ds) == 0:
+            raise DataError(f"the {name} split is empty", where=_source_name(data))
+    sizes = ", ".join(f"{name}={'stream' if _is_iterable(ds) else len(ds)}" for name, ds in splits.items())
+    log.info("data: %s (%s)", _source_name(data), sizes)
+    return DatasetDict(splits) if not data.streaming else splits
+
+
+def load_file(uri: str, cfg: JobConfig):
+    """One file (or glob) as a single Dataset with row ids (for `finetune-job predict`)."""
+    from datasets import load_dataset
+
+    paths = _expand(uri, "--input", cfg)
+    kwargs = {"storage_options": dict(storage.fsspec_options(cfg.s3))} if uri.startswith("s3://") else {}
+    fmt = cfg.data.format or _infer_format({"input": paths})
+    ds = _read(lambda: load_dataset(fmt, data_files={"test": paths}, split="test", **kwargs), cfg.data)
+    if len(ds) == 0:
+        raise DataError("the input has no rows", where=uri)
+    return _with_row_ids(ds, cfg.data.id_column, "input")
+
+
+def sample_splits(cfg: JobConfig, n: int = 8):
+    """The first `n` rows of each split, read by streaming (for `finetune-job check`).
+
+    Splits that would be carved from train are stood in for by the train sample."""
+    from itertools import islice
+
+    from datasets import Dataset, DatasetDict
+
+    streamed = _load_source(cfg, streaming=True)
+    if "train" not in streamed:
+        raise DataError(f"no 'train' split (found: {', '.join(streamed) or 'none'})", where=_source_name(cfg.data))
+    sample = {}
+    for name in SPLITS:
+        split = streamed.get(name, streamed["train"])
+        rows = _read(lambda: list(islice(iter(split), n)), cfg.data)
+        if not rows:
+            raise DataError(f"the {name} split is empty", where=_source_name(cfg.data))
+        sample[name] = _with_row_ids(Dataset.from_list(rows, features=split.features), cfg.data.id_column, name)
+    return DatasetDict(sample)
+
+
+def is_iterable(ds) -> bool:
+    return _is_iterable(ds)
+
+
+# ---------------------------------------------------------------------------------------------- sources
+
+
+def _load_source(cfg: JobConfig, streaming: bool | None = None):
+    from datasets import load_dataset
+
+    data = cfg.data
+    streaming = data.streaming if streaming is None else streaming
+    if data.dataset == DEMO_DATASET:
+        demo = resources.files("job") / "demo"
+        files = {name: [str(demo / f"reviews.{name}.jsonl")] for name in SPLITS}
+        return _read(lambda: load_dataset("json", data_files=files, streaming=streaming), data)
+    if data.dataset is not None:
+        if is_builtin(data.dataset):
+            raise ConfigError(f"unknown builtin dataset (the only one is {DEMO_DATASET})", where="data.dataset")
+        return _read(
+            lambda: load_dataset(data.dataset, data.config_name, revision=data.revision, streaming=streaming),
+            data,
+        )
+    files = {}
+    for name in SPLITS:
+        patterns = getattr(data, f"{name}_files")
+        if patterns is not None:
+            files[name] = _expand(patterns, f"data.{name}_files", cfg)
+    fmt = data.format or _infer_format(files)
+    kwargs: dict[str, Any] = {}
+    if any(path.startswith("s3://") for paths in files.values() for path in paths):
+        # load_dataset adds keys to the dict it is given: hand it a copy.
+        kwargs["storage_options"] = dict(storage.fsspec_options(cfg.s3))
+    if fmt == "csv" and any(p.endswith(".tsv") for paths in files.values() for p in paths):
+        kwargs["delimiter"] = "\t"
+    return _read(lambda: load_dataset(fmt, data_files=files, streaming=streaming, **kwargs), data)
+
+
+def _expand(patterns: str | list[str], key: str, cfg: JobConfig) -> list[str]:
+    """Resolve globs now, so a pattern that matches nothing is named in the error."""
+    paths: list[str] = []
+    for pattern in [patterns] if isinstance(patterns, str) else patterns:
+        if pattern.startswith("s3://"):
+            matched = storage.glob_s3(pattern, cfg.s3)
+        else:
+            matched = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
+            matched = [p for p in matched if os.path.isfile(p)]
+            for path in matched:
+                if not os.access(path, os.R_OK):
+                    raise DataError("file is not readable", where=path)
+        if not matched:
+            raise DataError("no file matches", where=f"{key}: {pattern}")
+        paths.extend(matched)
+    return paths
+
+
+def _infer_format(files: dict[str, list[str]]) -> str:
+    formats = set()
+    for paths in files.values():
+        for path in paths:
+            suffixes = Path(path.removesuffix(".gz").removesuffix(".zst")).suffixes
+            fmt = _EXTENSIONS.get(suffixes[-1].lower()) if suffixes else None
+            if fmt is None:
+                raise ConfigError(f"cannot tell the format of {path}; set data.format (csv, json or parquet)", where="data.format")
+            formats.add(fmt)
+    if len(formats) > 1:
+        raise ConfigError(f"files mix formats ({', '.join(sorted(formats))}); use one format", where="data.format")
+    return formats.pop()
+
+
+def _read(load, data: DataConfig):
+    """Run a datasets call, turning its failures into one-line data or storage errors."""
+    from datasets.exceptions import DatasetNotFoundError
+
+    try:
+        return load()
+    except (DataError, ConfigError, StorageError):
+        raise
+    except DatasetNotFoundError as exc:
+        raise DataError(f"dataset not found ({_first_line(exc)})", where=_source_name(data)) from exc
+    except PermissionError as exc:
+        raise StorageError(f"access denied ({_first_line(exc)})", where=_source_name(data)) from exc
+    except ConnectionError as exc:
+        offline = " (HF_HUB_OFFLINE is set)" if _offline() else ""
+        raise DataError(f"cannot reach the dataset{offline}: {_first_line(exc)}", where=_source_name(data)) from exc
+    except (FileNotFoundError, IsADirectoryError) as exc:
+        raise DataError(f"not found ({_first_line(exc)})", where=_source_name(data)) from exc
+    except Exception as exc:  # pyarrow/json/csv parse errors arrive wrapped in several layers
+        cause = exc
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        if isinstance(cause, PermissionError):
+            raise StorageError(f"access denied ({_first_line(cause)})", where=_source_name(data)) from exc
+        raise DataError(f"cannot read ({type(cause).__name__}: {_first_line(cause)})", where=_source_name(data)) from exc
+
+
+def _offline() -> bool:
+    from job import env
+
+    return env.hub_offline()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
+
+
+def _source_name(data: DataConfig) -> str:
+    if data.dataset is not None:
+        return data.dataset
+    files = data.train_files
+    return f"data.train_files: {files if isinstance(files, str) else ', '.join(files or [])}"
+
+
+# ---------------------------------------------------------------------------------------------- splits
+
+
+def _with_row_ids(ds, id_column: str | None, split: str):
+    if id_column is not None:
+        if id_column not in (ds.column_names or []):
+            raise column_error(id_column, ds, split, "data.id_column")
+        return ds.map(lambda row: {ROW_ID: str(row[id_column])})
+    if _is_iterable(ds):
+        return ds.map(lambda _, i: {ROW_ID: i}, with_indices=True)
+    return ds.add_column(ROW_ID, list(range(len(ds))))
+
+
+def _carve_missing(splits: dict, data: DataConfig, seed: int) -> dict:
+    """Seeded carving: the same seed and data give the same split membership on every run."""
+    train = splits["train"]
+    if "test" not in splits:
+        parts = _split(train, data.test_size, seed, "test")
+        train, splits["test"] = parts["train"], parts["test"]
+        log.info("data: no test split, carved %d rows (%.0f%%) from train with seed %d", len(splits["test"]), data.test_size * 100, seed)
+    if "validation" not in splits:
+        parts = _split(train, data.validation_size, seed, "validation")
+        train, splits["validation"] = parts["train"], parts["test"]
+        log.info("data: no validation split, carved %d rows from train with seed %d", len(splits["validation"]), seed)
+    splits["train"] = train
+    return splits
+
+
+def _split(ds, size: float, seed: int, name: str):
+    if len(ds) < 3:
+        raise DataError(f"train has {len(ds)} rows, too few to carve a {name} split", where=f"data.{name}_size")
+    try:
+        return ds.train_test_split(test_size=size, seed=seed)
+    except ValueError as exc:
+        raise DataError(_first_line(exc), where=f"data.{name}_size") from exc
+
+
+def _materialize(ds):
+    from datasets import Dataset
+
+    return Dataset.from_list(list(ds), features=ds.features)
+
+
+def _is_iterable(ds) -> bool:
+    from datasets import IterableDataset
+
+    return isinstance(ds, IterableDataset)
+
+
+def _columns(ds) -> str:
+    return ", ".join(ds.column_names or []) or "unknown"
+
+
+def column_error(column: str, ds, split: str, key: str) -> DataError:
+    """The error for a configured column that a split lacks, listing the columns it has."""
+    return DataError(f"column '{column}' is not in the {split} split (columns: {_columns(ds)})", where=key)

@@ -1,0 +1,113 @@
+"""Where the model comes from: a builtin tiny model, a local directory, an s3:// prefix, or the Hub.
+
+An s3:// model is downloaded to the work directory first and then loaded like a local one. Hub code
+(`trust_remote_code`) only runs when the config says so. `model.train: head` freezes the pretrained body
+so only the task head learns (transfer learning); `all` fine-tunes every layer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+from job import builtin, env
+from job.config import JobConfig, is_builtin
+from job.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+
+def model_class(task):
+    import transformers
+
+    return getattr(transformers, task.MODEL_CLASS)
+
+
+def load(cfg: JobConfig, task, spec, train_split, work_dir: Path):
+    """Return (tokenizer, model) ready for training, with the task's head sized for `spec`."""
+    cls = model_class(task)
+    kwargs = task.model_kwargs(spec)
+    name = cfg.model.name
+    if is_builtin(name):
+        tokenizer, model = builtin.build(name, task.texts(train_split, cfg), cls, kwargs, cfg.seed)
+    else:
+        location = resolve(cfg, work_dir)
+        tokenizer, model = _from_pretrained(location, cfg, cls, kwargs)
+    if cfg.model.train == "head":
+        _freeze_body(model)
+    return tokenizer, model
+
+
+def resolve(cfg: JobConfig, work_dir: Path) -> str:
+    """A local path or Hub id that from_pretrained can open (downloads s3:// prefixes first)."""
+    name = cfg.model.name
+    if name.startswith("s3://"):
+        return str(download(name, cfg, work_dir))
+    return name
+
+
+def download(uri: str, cfg: JobConfig, work_dir: Path) -> Path:
+    from job import storage
+
+    target = work_dir / "models" / hashlib.sha256(uri.encode()).hexdigest()[:16]
+    if not (target / "config.json").exists():
+        store = storage.open_store(uri, cfg.s3)
+        store.download("", target)
+        log.info("model: downloaded %s to %s", uri, target)
+    if not (target / "config.json").exists():
+        raise ModelError("no config.json under this prefix: not a saved model", where=uri)
+    return target
+
+
+def _from_pretrained(location: str, cfg: JobConfig, cls, kwargs: dict):
+    from transformers import AutoTokenizer
+
+    options = {"revision": cfg.model.revision, "trust_remote_code": cfg.model.trust_remote_code}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, **options)
+        model = cls.from_pretrained(location, **options, **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(_explain(exc, location), where=f"model.name: {location}") from exc
+    log.info("model: %s loaded (%.1fM parameters)", location, model.num_parameters() / 1e6)
+    return tokenizer, model
+
+
+def _explain(exc: Exception, location: str) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if not Path(location).exists() and env.hub_offline():
+        return f"not a local directory, and the Hub is off (HF_HUB_OFFLINE=1): {text[:200]}"
+    return text[:300]
+
+
+def _freeze_body(model) -> None:
+    body = getattr(model, model.base_model_prefix, None)
+    if body is None or body is model:
+        raise ModelError("this model has no separate body to freeze; use model.train: all", where="model.train")
+    for parameter in body.parameters():
+        parameter.requires_grad = False
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info("model: body frozen, training the head only (%d parameters)", trainable)
+
+
+def check(cfg: JobConfig) -> str:
+    """Resolve the model without loading weights; return a short description (for `check`)."""
+    name = cfg.model.name
+    if is_builtin(name):
+        if name not in builtin.BUILTINS:
+            raise ModelError(f"unknown builtin model (choose: {', '.join(builtin.BUILTINS)})", where="model.name")
+        return f"{name} (built offline)"
+    if name.startswith("s3://"):
+        from job import storage
+
+        store = storage.open_store(name, cfg.s3)
+        if not store.exists("config.json"):
+            raise ModelError("no config.json under this prefix: not a saved model", where=name)
+        return f"{name} (saved model in storage)"
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(name, revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(_explain(exc, name), where=f"model.name: {name}") from exc
+    return f"{name} ({'local directory' if Path(name).exists() else 'Hub'})"

@@ -1,0 +1,87 @@
+"""Batch inference with a published model: rows in, predictions.jsonl out.
+
+The model directory carries `finetune_job.json` (written by the run), which says the task and the
+columns the model was trained on, so the input is read and tokenized exactly as in training. Gold
+labels are copied to the output when the input has them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+from job import data, models, storage, tasks, training
+from job.config import DataConfig, JobConfig
+from job.errors import ModelError
+from job.run import META_FILE
+
+log = logging.getLogger(__name__)
+
+
+def predict(model_uri: str, input_uri: str, output_uri: str, *, batch_size: int, text_column: str | None) -> int:
+    from job import log as job_log
+
+    job_log.quiet_libraries(progress_bars=False)
+    with tempfile.TemporaryDirectory(prefix="finetune-predict-") as tmp:
+        work = Path(tmp)
+        model_dir = _local_model(model_uri, work)
+        meta = _read_meta(model_dir, model_uri)
+        task = tasks.get(meta["task"])
+        cfg = JobConfig(
+            data=DataConfig(
+                train_files=input_uri,
+                text_column=text_column or meta["text_column"],
+                text_pair_column=meta.get("text_pair_column"),
+                label_column=meta["label_column"],
+                max_length=meta.get("max_length"),
+            )
+        )
+        rows = data.load_file(input_uri, cfg)
+        tokenizer, model = _load(model_dir, task, model_uri)
+        spec = task.spec_from_model(model.config, cfg, rows)
+        features = task.preprocess({"test": rows}, tokenizer, cfg, spec)["test"]
+        collator = task.collator(tokenizer, cfg, spec, pad_to_multiple_of=8 if training.on_gpu() else None)
+        predictor = training.predictor(model, tokenizer, collator, batch_size, work / "trainer")
+        predicted = predictor.predict(features, metric_key_prefix="predict")
+        out_path = work / "predictions.jsonl"
+        count = 0
+        with open(out_path, "w", encoding="utf-8") as out:
+            for row in task.prediction_rows(rows, predicted, spec):
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                count += 1
+        _write_output(out_path, output_uri)
+    log.info("predict: %d rows -> %s", count, output_uri)
+    return count
+
+
+def _local_model(uri: str, work: Path) -> Path:
+    if uri.startswith("s3://"):
+        return models.download(uri, JobConfig(), work)
+    path = Path(uri)
+    if not (path / "config.json").is_file():
+        raise ModelError("not a saved model directory (no config.json)", where=uri)
+    return path
+
+
+def _read_meta(model_dir: Path, uri: str) -> dict:
+    try:
+        return json.loads((model_dir / META_FILE).read_text())
+    except FileNotFoundError:
+        raise ModelError(f"no {META_FILE}: not a model published by finetune-job", where=uri) from None
+
+
+def _load(model_dir: Path, task, uri: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model_dir), models.model_class(task).from_pretrained(model_dir)
+    except (OSError, ValueError) as exc:
+        raise ModelError(str(exc).splitlines()[0][:300], where=uri) from exc
+
+
+def _write_output(path: Path, uri: str) -> None:
+    parent, _, name = uri.rstrip("/").rpartition("/")
+    store = storage.open_store(parent or ".", JobConfig().s3)
+    store.put_file(path, name)

@@ -1,0 +1,147 @@
+"""One fine-tuning run, top to bottom: config -> data -> task -> model -> training -> storage.
+
+    finetune-job run                                    # embedded demo -> ./outputs/<run-id>/
+    finetune-job run --config job.yaml                  # your data and model
+    FINETUNE_OUTPUT__URI=s3://bucket/runs finetune-job run --config job.yaml
+
+Order matters in three places: the output location is proven writable before any training (a typo'd
+bucket fails in seconds, not after the run); everything is staged locally before anything is
+uploaded; and `_SUCCESS` is written last, so a run killed at any point is never taken for finished.
+A rerun with the run id of a finished run does nothing (Kubernetes may retry a pod that finished).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import secrets
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from job import config as config_module
+from job import data, models, storage, tasks, training
+from job.config import JobConfig
+from job.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+META_FILE = "finetune_job.json"  # saved beside the model: how `finetune-job predict` reads its inputs
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    location: str
+    metrics: dict
+    skipped: bool = False  # the run had already finished
+
+
+def run(cfg: JobConfig, log_format: str = "text") -> RunResult:
+    from job import log as job_log
+
+    run_id = cfg.run_id or new_run_id()
+    config_yaml = config_module.dump_yaml(cfg)
+    config_sha = hashlib.sha256(config_yaml.encode()).hexdigest()
+    store = storage.open_store(cfg.output.uri, cfg.s3)
+    log.info("run %s: task %s, model %s, output %s", run_id, cfg.task.name, cfg.model.name, store.url(run_id))
+
+    # 0. Never redo or overwrite a finished run; prove the output is writable before training.
+    finished = storage.read_manifest(store, run_id)
+    if finished is not None:
+        if finished.get("config_sha256") != config_sha:
+            raise ConfigError(f"run {run_id} already finished with a different config; choose a new run id", where="run_id")
+        log.info("run %s already finished at %s; nothing to do", run_id, finished.get("finished_at"))
+        metrics = json.loads(store.get_bytes(storage.join(run_id, "metrics.json")) or b"{}")
+        return RunResult(run_id, store.url(run_id), metrics, skipped=True)
+    storage.probe(store)
+    work = work_dir(cfg) / run_id
+    progress_bars = training.progress_bars_wanted(log_format)
+    job_log.quiet_libraries(progress_bars)
+
+    # 1. Data: raw splits, then what the task needs to know about them (columns, labels).
+    task = tasks.get(cfg.task.name)
+    raw = data.load_splits(cfg)
+    spec = task.inspect(raw, cfg)
+
+    # 2. Model and tokenizer (a builtin model trains its tokenizer on the training texts).
+    tokenizer, model = models.load(cfg, task, spec, raw["train"], work)
+
+    # 3. Features: tokenized once; padding happens per batch in the collator.
+    features = task.preprocess(raw, tokenizer, cfg, spec)
+    collator = task.collator(tokenizer, cfg, spec, pad_to_multiple_of=8 if training.on_gpu() else None)
+
+    # 4. Train, evaluate on validation, predict on test.
+    args = training.arguments(cfg, work / "trainer", progress_bars=progress_bars)
+    trainer = training.trainer(
+        cfg, args, model, tokenizer, features, collator, compute_metrics=lambda p: task.compute_metrics(p, spec)
+    )
+    started = time.monotonic()
+    train_result = trainer.train()
+    eval_metrics = trainer.evaluate()
+    predicted = trainer.predict(features["test"], metric_key_prefix="test")
+    _check_prediction_order(features["test"], raw["test"], predicted)
+    metrics = {
+        **train_result.metrics,
+        **eval_metrics,
+        **predicted.metrics,
+        **{f"test_{key}": value for key, value in task.report(predicted, spec).items()},
+        "wall_seconds": round(time.monotonic() - started, 2),
+    }
+
+    # 5. Stage every output locally, then publish with _SUCCESS last.
+    if not trainer.is_world_process_zero():
+        return RunResult(run_id, store.url(run_id), metrics)
+    stage = work / "stage"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    trainer.save_model(str(stage / "model"))
+    # training_args.bin pickles every TrainingArguments field, hub_token included: not an output.
+    (stage / "model" / "training_args.bin").unlink(missing_ok=True)
+    (stage / "model" / META_FILE).write_text(json.dumps(model_meta(cfg), indent=2))
+    trainer.state.save_to_json(str(stage / "trainer_state.json"))
+    (stage / "config.yaml").write_text(config_yaml)
+    (stage / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    with open(stage / "predictions.jsonl", "w", encoding="utf-8") as out:
+        for row in task.prediction_rows(raw["test"], predicted, spec):
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+    storage.publish(stage, store, run_id, extra={"config_sha256": config_sha})
+    shutil.rmtree(work, ignore_errors=True)
+    return RunResult(run_id, store.url(run_id), metrics)
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+def work_dir(cfg: JobConfig) -> Path:
+    return Path(cfg.output.work_dir) if cfg.output.work_dir else Path(tempfile.gettempdir()) / "finetune-job"
+
+
+def model_meta(cfg: JobConfig) -> dict:
+    d = cfg.data
+    return {
+        "task": cfg.task.name,
+        "text_column": d.text_column,
+        "text_pair_column": d.text_pair_column,
+        "label_column": d.label_column,
+        "max_length": d.max_length,
+    }
+
+
+def _check_prediction_order(features, raw, predicted) -> None:
+    """Predictions must line up with test rows one to one; a sampler that reorders them is a bug."""
+    if len(predicted.predictions) != len(raw) or features[data.ROW_ID] != raw[data.ROW_ID]:
+        raise RuntimeError(f"{len(predicted.predictions)} predictions for {len(raw)} test rows, or rows out of order")
+
+
+def summary(result: RunResult) -> str:
+    shown = {k: v for k, v in result.metrics.items() if k.startswith("test_") and isinstance(v, (int, float))}
+    shown = {k: v for k, v in shown.items() if not k.endswith(("_runtime", "_per_second"))}
+    lines = [f"run {result.run_id}" + (" (already finished)" if result.skipped else "")]
+    lines += [f"  {key}: {value:.4f}" for key, value in shown.items()]
+    lines.append(f"outputs: {result.location}/")
+    return "\n".join(lines)

@@ -1,0 +1,45 @@
+"""Tasks: one flat module per kind of fine-tuning, all behind the same small interface.
+
+A task module provides (no base class; the recipe in job/run.py calls these names):
+
+    Settings                 dataclass of the task's own `task:` settings (validated with the config)
+    MODEL_CLASS              name of the transformers Auto class that builds or loads the model
+    BUILTIN_MODEL            the builtin:* model its tiny offline default uses
+    inspect(splits, cfg)     check the columns and labels of the raw splits -> `spec`, everything the
+                             later steps need to know about the data (label names, which splits have
+                             gold labels); raises DataError naming the column or label
+    spec_from_model(model_config, cfg, rows) -> spec, for `finetune-job predict`: the labels come
+                             from the trained model, the columns from the input `rows`
+    texts(split, cfg)        an iterator of strings, to train a builtin model's tokenizer
+    model_kwargs(spec)       config keyword arguments for the model (e.g. num_labels, id2label)
+    preprocess(splits, tokenizer, cfg, spec)
+                             tokenized splits with a `length` column and data.ROW_ID kept, done once
+                             with batched map
+    collator(tokenizer, cfg, spec, pad_to_multiple_of)
+    compute_metrics(eval_prediction, spec) -> dict of floats (Trainer adds eval_/test_ prefixes)
+    report(predict_output, spec) -> dict of non-scalar test metrics (confusion matrix, per-class report)
+    prediction_rows(raw_test, predict_output, spec) -> iterator of JSON-ready dicts, one per test row
+
+Adding a task is one module and one line in TASKS.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from types import ModuleType
+
+from job.errors import ConfigError
+
+TASKS = {
+    "text-classification": "job.tasks.text_classification",
+}
+
+
+def get(name: str) -> ModuleType:
+    """The task module registered under `name`; unknown names get a 'did you mean' hint."""
+    if name not in TASKS:
+        close = difflib.get_close_matches(name, list(TASKS), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else f" (choose: {', '.join(TASKS)})"
+        raise ConfigError(f"unknown task {name!r}{hint}", where="task.name")
+    return importlib.import_module(TASKS[name])

@@ -1,0 +1,217 @@
+"""text-classification: one label per text (or text pair), e.g. sentiment.
+
+Columns: `data.text_column`, optional `data.text_pair_column`, `data.label_column`. Label names come
+from `data.label_names`, else from a `ClassLabel` feature, else they are the sorted distinct values of
+the training labels; the model saves them as `id2label`/`label2id`. A test split with no label column
+(or only empty/-1 labels, as in GLUE test sets) still gets predictions; it just has no test metrics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from job.data import ROW_ID, column_error, is_iterable
+from job.errors import ConfigError, DataError
+
+MODEL_CLASS = "AutoModelForSequenceClassification"
+BUILTIN_MODEL = "builtin:tiny-bert"
+
+
+@dataclass
+class Settings:
+    """text-classification has no settings of its own yet: columns and labels live under `data:`."""
+
+
+@dataclass
+class Spec:
+    text_column: str
+    text_pair_column: str | None
+    label_column: str
+    label_names: list[str]
+    labelled: dict[str, bool] = field(default_factory=dict)  # split -> has gold labels
+    class_label: bool = False  # labels arrive as ClassLabel ids (already in label_names order)
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.label_names)}
+
+    def to_id(self, value: Any, split: str) -> int:
+        if self.class_label:
+            return int(value)
+        key = str(value)
+        if key not in self.label2id:
+            raise DataError(
+                f"label {value!r} in the {split} split is not a known label ({', '.join(self.label_names)})",
+                where="data.label_column",
+            )
+        return self.label2id[key]
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def inspect(splits, cfg) -> Spec:
+    data = cfg.data
+    for split, ds in splits.items():
+        columns = ds.column_names or []
+        for key in ("text_column", "text_pair_column"):
+            column = getattr(data, key)
+            if column is not None and columns and column not in columns:
+                raise column_error(column, ds, split, f"data.{key}")
+        if split != "test" and columns and data.label_column not in columns:
+            raise column_error(data.label_column, ds, split, "data.label_column")
+
+    train = splits["train"]
+    feature = (train.features or {}).get(data.label_column)
+    class_label = type(feature).__name__ == "ClassLabel"
+    if class_label:
+        names = list(feature.names)
+        if data.label_names is not None and list(data.label_names) != names:
+            raise ConfigError(f"the dataset's labels are {names}; data.label_names differs", where="data.label_names")
+    elif data.label_names is not None:
+        names = [str(n) for n in data.label_names]
+    elif is_iterable(train):
+        raise ConfigError("a streamed dataset's labels cannot be inferred up front; list them", where="data.label_names")
+    else:
+        values = [v for v in train.unique(data.label_column) if v is not None]
+        names = sorted(str(v) for v in values) if not all(isinstance(v, int) for v in values) else [str(v) for v in sorted(values)]
+    if len(names) < 2:
+        raise DataError(f"need at least two labels, found {names}", where="data.label_column")
+
+    spec = Spec(data.text_column, data.text_pair_column, data.label_column, names, class_label=class_label)
+    for split, ds in splits.items():
+        spec.labelled[split] = _check_labels(ds, split, spec) if split != "train" or not is_iterable(ds) else True
+    if not spec.labelled["validation"]:
+        raise DataError("the validation split has no labels", where="data.label_column")
+    return spec
+
+
+def _check_labels(ds, split: str, spec: Spec) -> bool:
+    """True when every row has a known label, False when none has; a mix is an error."""
+    if spec.label_column not in ds.column_names:
+        return False
+    values = ds.unique(spec.label_column)
+    missing = {v for v in values if v is None or v == -1}
+    present = [v for v in values if v not in missing]
+    if missing and present:
+        raise DataError(f"some rows of the {split} split have no label", where="data.label_column")
+    for value in present:
+        spec.to_id(value, split)
+    return bool(present)
+
+
+def spec_from_model(model_config, cfg, rows) -> Spec:
+    """The spec of a trained model, for predicting on `rows` (gold labels used when present)."""
+    names = [model_config.id2label[i] for i in range(len(model_config.id2label))]
+    data = cfg.data
+    for column in (data.text_column, data.text_pair_column):
+        if column is not None and column not in rows.column_names:
+            raise column_error(column, rows, "input", "--text-column")
+    spec = Spec(data.text_column, data.text_pair_column, data.label_column, names)
+    spec.labelled["test"] = _check_labels(rows, "input", spec)
+    return spec
+
+
+def texts(split, cfg) -> Iterator[str]:
+    for row in split:
+        for column in (cfg.data.text_column, cfg.data.text_pair_column):
+            if column is not None and row.get(column):
+                yield row[column]
+
+
+def model_kwargs(spec: Spec) -> dict[str, Any]:
+    return {
+        "num_labels": len(spec.label_names),
+        "id2label": dict(enumerate(spec.label_names)),
+        "label2id": spec.label2id,
+    }
+
+
+def preprocess(splits, tokenizer, cfg, spec: Spec):
+    """Tokenize once with batched map; record each row's length for length-grouped batches."""
+    data = cfg.data
+    max_length = data.max_length or min(tokenizer.model_max_length, 512)
+    padding = "max_length" if data.pad_to_max_length else False
+
+    def encode(batch, split: str, labelled: bool):
+        texts = batch[spec.text_column]
+        pairs = batch[spec.text_pair_column] if spec.text_pair_column else None
+        for i, text in enumerate(texts):
+            if not isinstance(text, str) or (pairs is not None and not isinstance(pairs[i], str)):
+                raise DataError(f"row {batch[ROW_ID][i]} of the {split} split has no text", where="data.text_column")
+        encoded = tokenizer(texts, pairs, truncation=True, max_length=max_length, padding=padding)
+        encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
+        if labelled:
+            encoded["labels"] = [spec.to_id(v, split) for v in batch[spec.label_column]]
+        return encoded
+
+    out = {}
+    for split, ds in splits.items():
+        keep = {ROW_ID}
+        remove = [c for c in (ds.column_names or []) if c not in keep]
+        kwargs = {} if is_iterable(ds) else {"num_proc": data.num_proc, "desc": f"tokenize {split}"}
+        out[split] = ds.map(
+            encode, batched=True, remove_columns=remove, fn_kwargs={"split": split, "labelled": spec.labelled.get(split, True)}, **kwargs
+        )
+    return out
+
+
+def collator(tokenizer, cfg, spec: Spec, pad_to_multiple_of: int | None):
+    from transformers import DataCollatorWithPadding
+
+    return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to_multiple_of)
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+
+def compute_metrics(eval_prediction, spec: Spec) -> dict[str, float]:
+    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+
+    predicted = eval_prediction.predictions.argmax(-1)
+    gold = eval_prediction.label_ids
+    metrics = {"accuracy": float(accuracy_score(gold, predicted))}
+    labels = list(range(len(spec.label_names)))
+    if len(labels) == 2:
+        p, r, f, _ = precision_recall_fscore_support(gold, predicted, average="binary", pos_label=1, zero_division=0)
+        metrics.update(precision=float(p), recall=float(r), f1=float(f))
+    else:
+        for average in ("macro", "weighted"):
+            p, r, f, _ = precision_recall_fscore_support(gold, predicted, labels=labels, average=average, zero_division=0)
+            metrics.update({f"precision_{average}": float(p), f"recall_{average}": float(r), f"f1_{average}": float(f)})
+        metrics["f1"] = metrics["f1_macro"]  # one name to gate promotion on, whatever the label count
+    return metrics
+
+
+def report(predict_output, spec: Spec) -> dict[str, Any]:
+    from sklearn.metrics import classification_report, confusion_matrix
+
+    if predict_output.label_ids is None:
+        return {}
+    predicted = predict_output.predictions.argmax(-1)
+    labels = list(range(len(spec.label_names)))
+    return {
+        "labels": spec.label_names,
+        "confusion_matrix": confusion_matrix(predict_output.label_ids, predicted, labels=labels).tolist(),
+        "classification_report": classification_report(
+            predict_output.label_ids, predicted, labels=labels, target_names=spec.label_names, output_dict=True, zero_division=0
+        ),
+    }
+
+
+def prediction_rows(raw_test, predict_output, spec: Spec) -> Iterator[dict[str, Any]]:
+    import numpy as np
+
+    logits = predict_output.predictions
+    shifted = np.exp(logits - logits.max(-1, keepdims=True))
+    probabilities = shifted / shifted.sum(-1, keepdims=True)
+    gold = predict_output.label_ids
+    for i, row in enumerate(raw_test):
+        out = {"id": row[ROW_ID], "text": row[spec.text_column]}
+        if spec.text_pair_column:
+            out["text_pair"] = row[spec.text_pair_column]
+        out["label"] = spec.label_names[int(gold[i])] if gold is not None else None
+        out["predicted"] = spec.label_names[int(probabilities[i].argmax())]
+        out["probabilities"] = {name: round(float(p), 6) for name, p in zip(spec.label_names, probabilities[i])}
+        yield out
