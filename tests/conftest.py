@@ -62,6 +62,13 @@ def _port_open(port: int, host: str = "127.0.0.1") -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+def _side_ports(s3_port: int) -> list[str]:
+    """weed mini also runs a master, volume, filer, WebDAV and admin server (gRPC on port + 10000):
+    put them next to the S3 port, so two suites with different TEST_S3_PORT values never collide."""
+    names = ("master", "volume", "filer", "webdav", "admin")
+    return [f"-{name}.port={s3_port + i}" for i, name in enumerate(names, start=1)]
+
+
 def _weed() -> str:
     found = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
     if not Path(found).exists():
@@ -90,7 +97,8 @@ def s3_server(tmp_path_factory) -> S3Server:
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [_weed(), "mini", f"-dir={base / 'data'}", "-ip=127.0.0.1", f"-ip.bind={bind}",
-             f"-s3.port={S3_PORT}", f"-s3.config={base / 's3.json'}"],
+             f"-s3.port={S3_PORT}", f"-s3.config={base / 's3.json'}", *_side_ports(S3_PORT),
+             "-master.telemetry=false", "-s3.port.iceberg=0", "-s3.port.lance=0"],
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
