@@ -17,6 +17,7 @@ Everything here is task-agnostic: which columns matter and what a label is belon
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import logging
 import os
@@ -76,7 +77,8 @@ def load_file(uri: str, cfg: JobConfig):
     paths = _expand(uri, "--input", cfg)
     kwargs = {"storage_options": dict(storage.fsspec_options(cfg.s3))} if uri.startswith("s3://") else {}
     fmt = cfg.data.format or _infer_format({"input": paths})
-    ds = _read(lambda: load_dataset(fmt, data_files={"test": paths}, split="test", **kwargs), cfg.data)
+    with _bucket_reads_allowed(kwargs):
+        ds = _read(lambda: load_dataset(fmt, data_files={"test": paths}, split="test", **kwargs), cfg.data)
     if len(ds) == 0:
         raise DataError("the input has no rows", where=uri)
     return _with_row_ids(ds, cfg.data.id_column, "input")
@@ -138,7 +140,24 @@ def _load_source(cfg: JobConfig, streaming: bool | None = None):
         kwargs["storage_options"] = dict(storage.fsspec_options(cfg.s3))
     if fmt == "csv" and any(p.endswith(".tsv") for paths in files.values() for p in paths):
         kwargs["delimiter"] = "\t"
-    return _read(lambda: load_dataset(fmt, data_files=files, streaming=streaming, **kwargs), data)
+    with _bucket_reads_allowed(kwargs):
+        return _read(lambda: load_dataset(fmt, data_files=files, streaming=streaming, **kwargs), data)
+
+
+@contextlib.contextmanager
+def _bucket_reads_allowed(kwargs: dict):
+    """datasets refuses every remote file, s3:// included, under HF_HUB_OFFLINE. The user's own bucket
+    is not the Hub: lift that flag (datasets' copy only) while reading explicit s3:// data files."""
+    from datasets import config as datasets_config
+
+    if "storage_options" not in kwargs or not datasets_config.HF_HUB_OFFLINE:
+        yield
+        return
+    datasets_config.HF_HUB_OFFLINE = False
+    try:
+        yield
+    finally:
+        datasets_config.HF_HUB_OFFLINE = True
 
 
 def _expand(patterns: str | list[str], key: str, cfg: JobConfig) -> list[str]:
