@@ -180,8 +180,6 @@ def _read_yaml(path: str) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"the top level must be a mapping of sections, got {type(data).__name__}", where=path)
-    if isinstance(data.get("task"), str):  # `task: seq2seq` is shorthand for `task: {name: seq2seq}`
-        data["task"] = {"name": data["task"]}
     return data
 
 
@@ -201,10 +199,12 @@ def _merge(into: dict, sources: dict, layer: dict, source: str, prefix: str = ""
         # Sections (and a task's settings) merge key by key; a training value is a leaf even when it is
         # a dict (e.g. training.accelerator_config), and so is every other value.
         depth = dotted.count(".")
-        if isinstance(value, dict) and depth == 0 and key != "run_id":
+        if depth == 0 and key == "task" and isinstance(value, str):  # `task: seq2seq` is `task: {name: seq2seq}`
+            value = {"name": value}
+        if depth == 0 and key != "run_id" and not isinstance(value, dict):
+            raise ConfigError(f"expected a mapping of keys, got {value!r}", where=f"{key} ({source})")
+        if isinstance(value, dict) and depth == 0:
             section = into.setdefault(key, {})
-            if not isinstance(section, dict):
-                raise ConfigError(f"expected a mapping, got {type(section).__name__}", where=f"{key} ({source})")
             _merge(section, sources, value, source, prefix=f"{dotted}.")
         else:
             into[key] = value
@@ -253,7 +253,8 @@ def _typed(value: Any, annotation, key: str, sources: dict[str, str]) -> Any:
         value = _from_text(value, annotation)
     if not _matches(value, annotation):
         where = f"{key} ({sources[key]})" if key in sources else key
-        raise ConfigError(f"expected {_describe(annotation)}, got {value!r}", where=where)
+        shown = REDACTED if is_secret(key) else repr(value)
+        raise ConfigError(f"expected {_describe(annotation)}, got {shown}", where=where)
     return value
 
 
@@ -428,15 +429,24 @@ def flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def is_secret(key: str) -> bool:
+    return bool(_SECRET_KEY.search(key.rsplit(".", 1)[-1]))
+
+
 def redact(value: Any, key: str = "") -> Any:
     """Replace values held under secret-looking keys; walk nested data."""
     if isinstance(value, dict):
         return {k: redact(v, k) for k, v in value.items()}
     if isinstance(value, list):
         return [redact(v, key) for v in value]
-    if value is not None and _SECRET_KEY.search(key):
+    if value is not None and is_secret(key):
         return REDACTED
     return value
+
+
+def secret_values(cfg: JobConfig) -> list[str]:
+    """Values the config holds under secret-looking keys (for the log scrubber)."""
+    return [str(v) for k, v in flatten(to_dict(cfg)).items() if v not in (None, "") and is_secret(k)]
 
 
 def describe(cfg: JobConfig) -> str:

@@ -57,6 +57,7 @@ def load_splits(cfg: JobConfig):
     splits = {name: _with_row_ids(ds, data.id_column, name) for name, ds in splits.items()}
     if not data.streaming:
         splits = _carve_missing(splits, data, cfg.seed)
+    splits = {name: splits[name] for name in SPLITS}
     limits = {"train": data.max_train_samples, "validation": data.max_eval_samples, "test": data.max_predict_samples}
     for name, limit in limits.items():
         if limit is not None:
@@ -243,9 +244,18 @@ def _with_row_ids(ds, id_column: str | None, split: str):
     if id_column is not None:
         if id_column not in (ds.column_names or []):
             raise column_error(id_column, ds, split, "data.id_column")
+        if _is_iterable(ds):
+            from datasets import Features, Value
+
+            features = Features({**ds.features, ROW_ID: Value("string")}) if ds.features else None
+            return ds.map(lambda row: {ROW_ID: str(row[id_column])}, features=features)
         return ds.map(lambda row: {ROW_ID: str(row[id_column])})
     if _is_iterable(ds):
-        return ds.map(lambda _, i: {ROW_ID: i}, with_indices=True)
+        from datasets import Features, Value
+
+        # map() forgets a stream's features unless told them; later steps need the column names.
+        features = Features({**ds.features, ROW_ID: Value("int64")}) if ds.features else None
+        return ds.map(lambda _, i: {ROW_ID: i}, with_indices=True, features=features)
     return ds.add_column(ROW_ID, list(range(len(ds))))
 
 

@@ -25,10 +25,29 @@ class _RedactingHandler(logging.StreamHandler):
         self.secrets = env.secret_values()
 
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
+        return self.scrub(super().format(record))
+
+    def scrub(self, text: str) -> str:
         for secret in self.secrets:
             text = text.replace(secret, REDACTED)
         return text
+
+
+def echo(text: str) -> None:
+    """Print a command's result to stdout, scrubbed like the logs (it may echo user input)."""
+    import click
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, _RedactingHandler):
+            text = handler.scrub(text)
+    click.echo(text)
+
+
+def add_secrets(values: list[str]) -> None:
+    """Scrub more values (secrets read from the config) from every later log line."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, _RedactingHandler):
+            handler.secrets = sorted(set(handler.secrets) | {v for v in values if len(v) >= 4}, key=len, reverse=True)
 
 
 class _JsonFormatter(logging.Formatter):

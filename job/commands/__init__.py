@@ -6,8 +6,6 @@ from importlib import resources
 
 import click
 
-EMBEDDED_CONFIG = "builtin:demo"
-
 
 def config_options(command):
     command = click.option(
@@ -28,9 +26,12 @@ def config_options(command):
 
 def load_config(config_path: str | None, sets: tuple[str, ...]):
     """Resolve the config; no file at all means the embedded demo (shipped data, tiny model)."""
-    from job import config
+    from job import config, log
 
     if not config_path:
         with resources.as_file(resources.files("job") / "demo" / "config.yaml") as path:
-            return config.load(str(path), sets)
-    return config.load(config_path, sets)
+            cfg = config.load(str(path), sets)
+    else:
+        cfg = config.load(config_path, sets)
+    log.add_secrets(config.secret_values(cfg))
+    return cfg

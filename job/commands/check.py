@@ -11,6 +11,7 @@ from __future__ import annotations
 import click
 
 from job.commands import config_options, load_config
+from job.log import echo
 
 
 @click.command("check")
@@ -21,4 +22,4 @@ def command(config_path, sets):
 
     cfg = load_config(config_path, sets)
     for line in check.check(cfg):
-        click.echo(line)
+        echo(line)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import click
 
+from job.log import echo
+
 
 @click.command("predict")
 @click.option("--model", "model_uri", required=True, metavar="DIR|s3://...", help="A published run's model/ directory.")
@@ -21,4 +23,4 @@ def command(ctx, model_uri, input_uri, output_uri, batch_size, text_column):
     from job import predict
 
     count = predict.predict(model_uri, input_uri, output_uri, batch_size=batch_size, text_column=text_column)
-    click.echo(f"{count} predictions written to {output_uri}")
+    echo(f"{count} predictions written to {output_uri}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from job.commands import config_options, load_config
+from job.log import echo
 
 
 @click.command("run")
@@ -20,4 +21,4 @@ def command(ctx, config_path, sets):
 
     cfg = load_config(config_path, sets)
     result = run.run(cfg, log_format=ctx.obj["log_format"])
-    click.echo(run.summary(result))
+    echo(run.summary(result))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import click
 
 from job.commands import config_options, load_config
+from job.log import echo
 
 
 @click.command("config")
@@ -18,4 +19,4 @@ def command(config_path, sets, as_yaml):
     from job import config
 
     cfg = load_config(config_path, sets)
-    click.echo(config.dump_yaml(cfg) if as_yaml else config.describe(cfg))
+    echo(config.dump_yaml(cfg) if as_yaml else config.describe(cfg))
