@@ -21,6 +21,8 @@ import contextlib
 import glob
 import logging
 import os
+import re
+import sys
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -193,30 +195,59 @@ def _infer_format(files: dict[str, list[str]]) -> str:
     return formats.pop()
 
 
+class _Held(logging.Handler):
+    """Holds datasets' own error lines while it loads: they name the file at fault, so our one
+    error line can name it too, and they are not printed next to ours."""
+
+    def __init__(self):
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+    def file_at_fault(self) -> str | None:
+        for message in reversed(self.messages):
+            found = re.search(r"file '([^']+)'", message)
+            if found:
+                return found.group(1)
+        return None
+
+
 def _read(load, data: DataConfig):
     """Run a datasets call, turning its failures into one-line data or storage errors."""
     from datasets.exceptions import DatasetNotFoundError
 
+    datasets_log, held = logging.getLogger("datasets"), _Held()
+    datasets_log.addHandler(held)
+    propagate, datasets_log.propagate = datasets_log.propagate, False
+    where = _source_name(data)
     try:
         return load()
     except (DataError, ConfigError, StorageError):
         raise
     except DatasetNotFoundError as exc:
-        raise DataError(f"dataset not found ({_first_line(exc)})", where=_source_name(data)) from exc
+        raise DataError(f"dataset not found ({_first_line(exc)})", where=where) from exc
     except PermissionError as exc:
-        raise StorageError(f"access denied ({_first_line(exc)})", where=_source_name(data)) from exc
+        raise StorageError(f"access denied ({_first_line(exc)})", where=where) from exc
     except ConnectionError as exc:
         offline = " (HF_HUB_OFFLINE is set)" if _offline() else ""
-        raise DataError(f"cannot reach the dataset{offline}: {_first_line(exc)}", where=_source_name(data)) from exc
+        raise DataError(f"cannot reach the dataset{offline}: {_first_line(exc)}", where=where) from exc
     except (FileNotFoundError, IsADirectoryError) as exc:
-        raise DataError(f"not found ({_first_line(exc)})", where=_source_name(data)) from exc
+        raise DataError(f"not found ({_first_line(exc)})", where=where) from exc
     except Exception as exc:  # pyarrow/json/csv parse errors arrive wrapped in several layers
         cause = exc
         while cause.__cause__ is not None:
             cause = cause.__cause__
         if isinstance(cause, PermissionError):
-            raise StorageError(f"access denied ({_first_line(cause)})", where=_source_name(data)) from exc
-        raise DataError(f"cannot read ({type(cause).__name__}: {_first_line(cause)})", where=_source_name(data)) from exc
+            raise StorageError(f"access denied ({_first_line(cause)})", where=where) from exc
+        where = held.file_at_fault() or where
+        raise DataError(f"cannot read ({type(cause).__name__}: {_first_line(cause)})", where=where) from exc
+    finally:
+        datasets_log.removeHandler(held)
+        datasets_log.propagate = propagate
+        for message in held.messages if sys.exc_info()[0] is None else []:
+            log.error("datasets: %s", message)
 
 
 def _offline() -> bool:
