@@ -58,7 +58,7 @@ class DataConfig:
     text_pair_column: str | None = _setting(None, "Second input column for sentence-pair tasks.")
     label_column: str = _setting("label", "Label (or target) column.")
     id_column: str | None = _setting(None, "Column that identifies a row in predictions; the row number when unset.")
-    label_names: list[str] | None = _setting(None, "Fixes the label set and its order; inferred when unset.")
+    label_names: list[str] | None = _setting(None, "Fixes the label set and its order (integer labels are ids into it); inferred when unset.")
     validation_size: float = _setting(0.1, "Share of train carved as validation when there is no validation split.")
     test_size: float = _setting(0.1, "Share of train carved as test when there is no test split.")
     max_train_samples: int | None = _setting(None, "Keep only the first N training rows (smoke runs).")

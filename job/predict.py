@@ -49,7 +49,7 @@ def predict(model_uri: str, input_uri: str, output_uri: str, *, batch_size: int,
         count = 0
         with open(out_path, "w", encoding="utf-8") as out:
             for row in task.prediction_rows(rows, predicted, spec):
-                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                out.write(storage.json_line(row))
                 count += 1
         _write_output(out_path, output_uri)
     log.info("predict: %d rows -> %s", count, output_uri)

@@ -107,7 +107,7 @@ def run(cfg: JobConfig, log_format: str = "text") -> RunResult:
     (stage / "metrics.json").write_text(json.dumps(metrics, indent=2))
     with open(stage / "predictions.jsonl", "w", encoding="utf-8") as out:
         for row in task.prediction_rows(raw["test"], predicted, spec):
-            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+            out.write(storage.json_line(row))
     storage.publish(stage, store, run_id, extra={"config_sha256": config_sha})
     shutil.rmtree(work, ignore_errors=True)
     return RunResult(run_id, store.url(run_id), metrics)

@@ -249,6 +249,19 @@ class S3Store:
 # ---------------------------------------------------------------------------------------------- runs
 
 
+# Characters that str.splitlines() and many JSON Lines readers take for line breaks.
+_LINE_BREAKS = {"\u0085": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def json_line(row: dict) -> str:
+    """One JSON Lines record: UTF-8 kept readable, but the Unicode line breaks escaped (rt-polarity
+    has U+0085 in its text), so that every reader sees exactly one record per line."""
+    text = json.dumps(row, ensure_ascii=False)
+    for char, escaped in _LINE_BREAKS.items():
+        text = text.replace(char, escaped)
+    return text + "\n"
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

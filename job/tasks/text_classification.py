@@ -30,7 +30,7 @@ class Spec:
     label_column: str
     label_names: list[str]
     labelled: dict[str, bool] = field(default_factory=dict)  # split -> has gold labels
-    class_label: bool = False  # labels arrive as ClassLabel ids (already in label_names order)
+    class_label: bool = False  # labels arrive as ids into label_names (a ClassLabel, or ints + data.label_names)
 
     @property
     def label2id(self) -> dict[str, int]:
@@ -38,7 +38,9 @@ class Spec:
 
     def to_id(self, value: Any, split: str) -> int:
         if self.class_label:
-            return int(value)
+            if not isinstance(value, int) or not 0 <= value < len(self.label_names):
+                raise DataError(f"label id {value!r} in the {split} split is not in 0..{len(self.label_names) - 1}", where="data.label_column")
+            return value
         key = str(value)
         if key not in self.label2id:
             raise DataError(
@@ -65,6 +67,8 @@ def inspect(splits, cfg) -> Spec:
     train = splits["train"]
     feature = (train.features or {}).get(data.label_column)
     class_label = type(feature).__name__ == "ClassLabel"
+    # Integer labels with data.label_names are ids into that list, as a ClassLabel's are.
+    ids_into_names = data.label_names is not None and str(getattr(feature, "dtype", "")).startswith("int")
     if class_label:
         names = list(feature.names)
         if data.label_names is not None and list(data.label_names) != names:
@@ -79,7 +83,7 @@ def inspect(splits, cfg) -> Spec:
     if len(names) < 2:
         raise DataError(f"need at least two labels, found {names}", where="data.label_column")
 
-    spec = Spec(data.text_column, data.text_pair_column, data.label_column, names, class_label=class_label)
+    spec = Spec(data.text_column, data.text_pair_column, data.label_column, names, class_label=class_label or ids_into_names)
     for split, ds in splits.items():
         spec.labelled[split] = _check_labels(ds, split, spec) if split != "train" or not is_iterable(ds) else True
     if not spec.labelled["validation"]:
