@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -45,15 +44,6 @@ def test_every_subcommand_has_help_without_heavy_imports(command):
     assert proc.returncode == 0, proc.stderr
     assert "Usage: finetune-job " + command in proc.stdout
     assert "HEAVY []" in proc.stdout, proc.stdout
-
-
-def test_help_answers_well_under_a_second():
-    start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "job", "--help"], env=base_env(), capture_output=True, text=True)
-    elapsed = time.monotonic() - start
-    assert proc.returncode == 0
-    # Generous bound: the interpreter's own start-up is most of it. Imports of torch take seconds.
-    assert elapsed < 2.0, elapsed
 
 
 def test_console_script_and_module_agree():

@@ -126,6 +126,24 @@ def test_parquet_glob_sources(tmp_path):
     assert len(_predictions(run_dir)) == 25
 
 
+def test_label_names_from_a_classlabel(tmp_path):
+    """Parquet written by datasets keeps its ClassLabel; the model's id2label follows its order."""
+    from datasets import ClassLabel, Dataset, Features, Value
+
+    features = Features({"text": Value("string"), "label": ClassLabel(names=["pos", "neg"])})
+    for split in ("train", "validation", "test"):
+        rows = _demo_rows(split)
+        Dataset.from_dict(
+            {"text": [r["text"] for r in rows], "label": [0 if r["label"] == "positive" else 1 for r in rows]}, features=features
+        ).to_parquet(str(tmp_path / f"{split}.parquet"))
+    cfg = tiny_config(str(tmp_path / "out"))
+    cfg["data"] = {f"{s}_files": str(tmp_path / f"{s}.parquet") for s in ("train", "validation", "test")}
+    _, run_dir = _run(tmp_path, cfg, "classlabel", "training.max_steps=5")
+    assert json.loads((run_dir / "model" / "config.json").read_text())["label2id"] == {"pos": 0, "neg": 1}
+    first = _predictions(run_dir)[0]
+    assert first["label"] == ("pos" if _demo_rows("test")[0]["label"] == "positive" else "neg")
+
+
 def test_train_head_freezes_the_body(tmp_path):
     """model.train: head changes only the classifier; the body keeps its initial weights."""
     from safetensors.torch import load_file
