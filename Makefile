@@ -35,5 +35,48 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python tests/bench_padding.py
 
+# ---- the container image (docker/Dockerfile) ----
+.PHONY: image image-gpu docker-run
+IMAGE ?= finetune-job:cpu
+IMAGE_GPU ?= finetune-job:gpu
+CPU_BASE_IMAGE ?= debian:bookworm-slim
+CPU_TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
+# Extra CAs the image trusts (build and run time): by default the ones this host adds to its own store.
+CA_CERTS ?= $(wildcard /usr/local/share/ca-certificates/*.crt)
+# A folder of wheels to install from, e.g. a CPU torch wheel (then no index is asked for torch).
+WHEELS ?=
+DOCKER_BUILD_FLAGS ?=
+OUTPUT_DIR ?= $(CURDIR)/outputs
+RUN_ARGS ?= run
+
+# $(1) tag, $(2) extra build args. Fills docker/ca-certificates/ and docker/wheels/ (replacing what is
+# there; wheels are hard-linked where possible), then builds with BuildKit where buildx is installed.
+define docker_build
+	rm -f docker/ca-certificates/*.crt docker/wheels/*.whl
+	for cert in $(CA_CERTS); do cp "$$cert" "docker/ca-certificates/$$(basename "$${cert%.*}").crt"; done
+	$(if $(WHEELS),for wheel in $(WHEELS)/*.whl; do ln -f "$$wheel" docker/wheels/ 2>/dev/null || cp "$$wheel" docker/wheels/; done)
+	DOCKER_BUILDKIT=$$(docker buildx version >/dev/null 2>&1 && echo 1 || echo 0) docker build -f docker/Dockerfile -t $(1) \
+	  --build-arg VERSION=$$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml) \
+	  --build-arg REVISION=$$(git rev-parse HEAD 2>/dev/null || echo unknown) \
+	  --build-arg CREATED=$$(git log -1 --format=%cI 2>/dev/null || echo unknown) \
+	  $(2) $(DOCKER_BUILD_FLAGS) .
+endef
+
+## image: the CPU image (Debian + CPU torch), tagged $(IMAGE)
+image:
+	$(call docker_build,$(IMAGE),--build-arg BASE_IMAGE=$(CPU_BASE_IMAGE) --build-arg TORCH_INDEX_URL=$(CPU_TORCH_INDEX_URL))
+
+## image-gpu: the CUDA image (nvidia/cuda base + PyPI's CUDA torch), tagged $(IMAGE_GPU)
+image-gpu:
+	$(call docker_build,$(IMAGE_GPU),)
+
+## docker-run: the embedded default inside the CPU image: no network, read-only root, results in $(OUTPUT_DIR)/<run-id>/
+# Runs as your uid so the files it writes are yours; all scratch and caches live on the /tmp tmpfs.
+docker-run: image
+	mkdir -p $(OUTPUT_DIR)
+	docker run --rm --network none --read-only --tmpfs /tmp:exec,mode=1777 \
+	  --cap-drop ALL --security-opt no-new-privileges --user "$$(id -u):$$(id -g)" \
+	  -v $(OUTPUT_DIR):/work/outputs $(IMAGE) $(RUN_ARGS)
+
 clean:
 	rm -rf outputs .pytest_cache build *.egg-info
