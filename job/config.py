@@ -53,7 +53,7 @@ class DataConfig:
     train_files: str | list[str] | None = _setting(None, "Local path, glob or s3:// URI (or a list of them).")
     validation_files: str | list[str] | None = _setting(None, "As train_files; carved from train when absent.")
     test_files: str | list[str] | None = _setting(None, "As train_files; carved from train when absent.")
-    format: str | None = _setting(None, "csv, json or parquet; inferred from the file extension when unset.")
+    format: str | None = _setting(None, "csv, json, parquet, text (a row per line) or conll; inferred from the file extension when unset.")
     text_column: str = _setting("text", "Input column.")
     text_pair_column: str | None = _setting(None, "Second input column for sentence-pair tasks.")
     label_column: str = _setting("label", "Label (or target) column.")
@@ -86,6 +86,38 @@ class S3Config:
 
 
 @dataclass
+class CheckpointConfig:
+    every_steps: int | None = _setting(None, "Save and upload a checkpoint every N optimizer steps.")
+    every_minutes: float | None = _setting(30.0, "Also save one when this many minutes passed since the last (null: off).")
+    keep: int = _setting(2, "Complete checkpoints kept in storage; older ones are deleted.")
+    keep_after_success: bool = _setting(False, "Keep the run's checkpoints once it has finished.")
+
+
+@dataclass
+class DistributedConfig:
+    nproc_per_node: int | None = _setting(None, "Workers on this node; default: one per visible GPU, else 1.")
+    shutdown_grace_seconds: int = _setting(240, "After SIGTERM, how long workers may take to checkpoint before being killed.")
+
+
+@dataclass
+class PromotionConfig:
+    mode: str = _setting("auto", "auto: promote when the run beats the champion; never; always.")
+    metric: str = _setting("test_f1", "test_* or eval_* metric both models are scored on; *loss is better when lower.")
+    min_delta: float | str = _setting(0.0, "Least improvement that promotes: absolute (0.01) or relative ('1%').")
+
+
+@dataclass
+class RetentionConfig:
+    keep_runs: int | None = _setting(None, "Keep the N newest finished runs (plus the champion); null keeps every run.")
+    abandoned_after_hours: float = _setting(48.0, "An unfinished run untouched this long is abandoned and may be deleted.")
+
+
+@dataclass
+class ScheduleConfig:
+    date: str | None = _setting(None, "YYYY-MM-DD that {date} in data paths stands for; today (UTC) when unset.")
+
+
+@dataclass
 class TaskConfig:
     name: str = _setting("text-classification", "The kind of fine-tuning; see `finetune-job tasks`.")
     settings: Any = None  # the task module's own Settings dataclass, filled in by load()
@@ -99,6 +131,11 @@ class JobConfig:
     data: DataConfig = field(default_factory=DataConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     s3: S3Config = field(default_factory=S3Config)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    promotion: PromotionConfig = field(default_factory=PromotionConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     training: dict[str, Any] = field(default_factory=dict)
     # dotted key -> where its value came from ("default", "file x.yaml", "env FINETUNE_X", "--set")
     sources: dict[str, str] = field(default_factory=dict, repr=False)
@@ -110,8 +147,18 @@ class JobConfig:
 
 
 # Sections whose keys are declared by a dataclass; `training` and the task settings are checked elsewhere.
-_SECTIONS = {"model": ModelConfig, "data": DataConfig, "output": OutputConfig, "s3": S3Config}
-_TOP_LEVEL = ("run_id", "task", "model", "data", "output", "s3", "training")
+_SECTIONS = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "output": OutputConfig,
+    "s3": S3Config,
+    "checkpoint": CheckpointConfig,
+    "distributed": DistributedConfig,
+    "promotion": PromotionConfig,
+    "retention": RetentionConfig,
+    "schedule": ScheduleConfig,
+}
+_TOP_LEVEL = ("run_id", "task", *_SECTIONS, "training")
 # Keys of TrainingArguments the job owns: setting them would break where the job puts its files.
 _MANAGED_TRAINING_KEYS = {"output_dir": "the job stages under output.work_dir; set output.uri instead"}
 
@@ -145,6 +192,8 @@ def load(path: str | None = None, sets: tuple[str, ...] = (), *, use_env: bool =
     task_section = merged.get("task", {})
     task_name = _typed(task_section.get("name", TaskConfig.name), str, "task.name", sources)
     task_module = tasks.get(task_name)  # ConfigError with a hint when unknown
+    # Without a model.name, each task trains its own tiny offline default (a builtin of its family).
+    merged.setdefault("model", {}).setdefault("name", task_module.BUILTIN_MODEL)
 
     cfg = JobConfig(
         run_id=_typed(merged.get("run_id"), str | None, "run_id", sources),
@@ -397,11 +446,59 @@ def _validate(cfg: JobConfig) -> None:
         raise ConfigError(f"use a local path or s3://bucket/prefix, got {uri!r}", where=where("output.uri"))
     if uri.startswith("s3://") and not uri[5:].split("/")[0]:
         raise ConfigError("the s3:// URI has no bucket", where=where("output.uri"))
+    checkpoint = cfg.checkpoint
+    if checkpoint.every_steps is not None and checkpoint.every_steps < 1:
+        raise ConfigError(f"must be at least 1, got {checkpoint.every_steps}", where=where("checkpoint.every_steps"))
+    if checkpoint.every_minutes is not None and checkpoint.every_minutes <= 0:
+        raise ConfigError(f"must be positive (or null to turn off), got {checkpoint.every_minutes}", where=where("checkpoint.every_minutes"))
+    if checkpoint.keep < 1:
+        raise ConfigError(f"keep at least 1 checkpoint, got {checkpoint.keep}", where=where("checkpoint.keep"))
+    if cfg.distributed.nproc_per_node is not None and cfg.distributed.nproc_per_node < 1:
+        raise ConfigError(f"must be at least 1, got {cfg.distributed.nproc_per_node}", where=where("distributed.nproc_per_node"))
+    for key in ("save_strategy", "save_steps", "save_total_limit", "resume_from_checkpoint"):
+        if key in cfg.training:
+            raise ConfigError("checkpoints are managed by the job; use the checkpoint: section", where=where(f"training.{key}"))
     if cfg.s3.multipart_chunksize_mb < 5:
         raise ConfigError("S3 parts must be at least 5 MB", where=where("s3.multipart_chunksize_mb"))
+    _validate_scheduling(cfg, where)
 
 
-FILE_FORMATS = ("csv", "json", "parquet")
+def _validate_scheduling(cfg: JobConfig, where) -> None:
+    """promotion:, retention:, schedule: and the {date} templates in data paths (job/windows.py)."""
+    from job import champion, windows
+
+    if cfg.run_id in champion.RESERVED:
+        raise ConfigError(f"{cfg.run_id!r} is where the champion is kept; choose another run id", where=where("run_id"))
+    promotion = cfg.promotion
+    if promotion.mode not in PROMOTION_MODES:
+        raise ConfigError(f"choose one of {', '.join(PROMOTION_MODES)}, got {promotion.mode!r}", where=where("promotion.mode"))
+    if not promotion.metric.startswith(("test_", "eval_")):
+        raise ConfigError(
+            f"name a test_* or eval_* metric (e.g. test_f1), got {promotion.metric!r}", where=where("promotion.metric")
+        )
+    delta = promotion.min_delta
+    if isinstance(delta, str) and not re.fullmatch(r"\d+(\.\d+)?%", delta.strip()):
+        raise ConfigError(f"use a number (0.01) or a percentage ('1%'), got {delta!r}", where=where("promotion.min_delta"))
+    if not isinstance(delta, str) and delta < 0:
+        raise ConfigError(f"must be at least 0, got {delta}", where=where("promotion.min_delta"))
+    if cfg.retention.keep_runs is not None and cfg.retention.keep_runs < 1:
+        raise ConfigError(f"keep at least 1 run (or null to keep all), got {cfg.retention.keep_runs}", where=where("retention.keep_runs"))
+    if cfg.retention.abandoned_after_hours <= 0:
+        raise ConfigError(
+            f"must be positive, got {cfg.retention.abandoned_after_hours}", where=where("retention.abandoned_after_hours")
+        )
+    if cfg.schedule.date is not None:
+        windows.parse_date(cfg.schedule.date, where("schedule.date"))
+    for split in ("train", "validation", "test"):
+        patterns = getattr(cfg.data, f"{split}_files")
+        for pattern in [patterns] if isinstance(patterns, str) else patterns or []:
+            windows.check(pattern, where(f"data.{split}_files"))
+
+
+PROMOTION_MODES = ("auto", "never", "always")
+
+
+FILE_FORMATS = ("csv", "json", "parquet", "text", "conll")
 
 
 # ---------------------------------------------------------------------------------------------- output

@@ -65,3 +65,21 @@ def get_int(name: str, default: int | None = None) -> int | None:
 
 def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def first_of(*names: str) -> str | None:
+    """The value of the first variable that is set and not empty."""
+    for name in names:
+        value = os.environ.get(name)
+        if value not in (None, ""):
+            return value
+    return None
+
+
+def inside_launched_worker() -> bool:
+    """True in a process torchrun/elastic started (it sets LOCAL_RANK)."""
+    return "LOCAL_RANK" in os.environ
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))

@@ -75,7 +75,8 @@ def setup(log_format: str = "text", debug: bool = False) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    # Every worker of a distributed run logs; the others only what is worth a second copy.
+    root.setLevel(logging.DEBUG if debug else logging.INFO if env.rank() == 0 else logging.WARNING)
     logging.captureWarnings(True)
     for noisy in ("botocore", "boto3", "s3transfer", "urllib3", "filelock", "fsspec", "aiobotocore", "s3fs", "httpx", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from job import config as config_module
-from job import data, models, storage, tasks, training
+from job import checkpoints, data, models, promotion, report, retention, storage, tasks, training
 from job.config import JobConfig
-from job.errors import ConfigError
+from job.errors import ConfigError, Interrupted
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +45,14 @@ def run(cfg: JobConfig, log_format: str = "text") -> RunResult:
 
     run_id = cfg.run_id or new_run_id()
     config_yaml = config_module.dump_yaml(cfg)
-    config_sha = hashlib.sha256(config_yaml.encode()).hexdigest()
+    config_sha = config_fingerprint(cfg)
     store = storage.open_store(cfg.output.uri, cfg.s3)
-    log.info("run %s: task %s, model %s, output %s", run_id, cfg.task.name, cfg.model.name, store.url(run_id))
+    work = work_dir(cfg) / run_id
+    progress_bars = training.progress_bars_wanted(log_format)
+    job_log.quiet_libraries(progress_bars)
+    args = training.arguments(cfg, work / "trainer", progress_bars=progress_bars)  # joins the other workers
+    log.info("run %s: task %s, model %s, world size %d, output %s",
+             run_id, cfg.task.name, cfg.model.name, args.world_size, store.url(run_id))
 
     # 0. Never redo or overwrite a finished run; prove the output is writable before training.
     finished = storage.read_manifest(store, run_id)
@@ -57,30 +62,40 @@ def run(cfg: JobConfig, log_format: str = "text") -> RunResult:
         log.info("run %s already finished at %s; nothing to do", run_id, finished.get("finished_at"))
         metrics = json.loads(store.get_bytes(storage.join(run_id, "metrics.json")) or b"{}")
         return RunResult(run_id, store.url(run_id), metrics, skipped=True)
-    storage.probe(store)
-    work = work_dir(cfg) / run_id
-    progress_bars = training.progress_bars_wanted(log_format)
-    job_log.quiet_libraries(progress_bars)
+    if args.process_index == 0:
+        storage.probe(store)
 
-    # 1. Data: raw splits, then what the task needs to know about them (columns, labels).
+    # 1. Data: raw splits, then what the task needs to know about them (columns, labels). Each node's
+    #    first worker loads and tokenizes first; the others then read datasets' cache.
     task = tasks.get(cfg.task.name)
-    raw = data.load_splits(cfg)
-    spec = task.inspect(raw, cfg)
+    with args.main_process_first(local=True, desc="load and tokenize"):
+        raw = data.load_splits(cfg)
+        spec = task.inspect(raw, cfg)
 
-    # 2. Model and tokenizer (a builtin model trains its tokenizer on the training texts).
-    tokenizer, model = models.load(cfg, task, spec, raw["train"], work)
+        # 2. Model and tokenizer (a builtin model trains its tokenizer on the training texts).
+        tokenizer, model = models.load(cfg, task, spec, raw["train"], work)
 
-    # 3. Features: tokenized once; padding happens per batch in the collator.
-    features = task.preprocess(raw, tokenizer, cfg, spec)
+        # 3. Features: tokenized once; padding happens per batch in the collator.
+        features = task.preprocess(raw, tokenizer, cfg, spec)
+        resume_from = checkpoints.fetch_latest(store, run_id, work / "resume", config_sha)
     collator = task.collator(tokenizer, cfg, spec, pad_to_multiple_of=8 if training.on_gpu() else None)
 
-    # 4. Train, evaluate on validation, predict on test.
-    args = training.arguments(cfg, work / "trainer", progress_bars=progress_bars)
+    # 4. Train (from the latest complete checkpoint, if any), evaluate on validation, predict on test.
+    stop = checkpoints.StopRequest()
+    stop.install()
+    publisher = checkpoints.publisher(store, run_id, cfg.checkpoint, stop, config_sha, work)
     trainer = training.trainer(
         cfg, args, model, tokenizer, features, collator, compute_metrics=lambda p: task.compute_metrics(p, spec)
     )
+    trainer.add_callback(publisher)
     started = time.monotonic()
-    train_result = trainer.train()
+    train_result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    publisher.wait()
+    if publisher.stopped_at is not None:
+        raise Interrupted(
+            f"stopped by {stop.signal_name} at step {publisher.stopped_at}; its checkpoint is in "
+            f"{store.url(checkpoints.prefix(run_id))}/; run again with run id {run_id} to resume"
+        )
     eval_metrics = trainer.evaluate()
     predicted = trainer.predict(features["test"], metric_key_prefix="test")
     _check_prediction_order(features["test"], raw["test"], predicted)
@@ -89,12 +104,19 @@ def run(cfg: JobConfig, log_format: str = "text") -> RunResult:
         **eval_metrics,
         **predicted.metrics,
         **{f"test_{key}": value for key, value in task.report(predicted, spec).items()},
+        "world_size": args.world_size,
+        "resumed_from_step": checkpoints.step_of(resume_from),
         "wall_seconds": round(time.monotonic() - started, 2),
     }
 
-    # 5. Stage every output locally, then publish with _SUCCESS last.
+    # 5. Stage every output locally, then publish with _SUCCESS last (the first worker only).
     if not trainer.is_world_process_zero():
         return RunResult(run_id, store.url(run_id), metrics)
+    # Gate: score the current champion on this run's own evaluation rows (a changed test set cannot
+    # fake a win) and decide; the decision and both scores go into metrics.json (job/promotion.py).
+    gate = promotion.Gate(cfg, store, run_id, promotion.evaluator(cfg, store, task, spec, raw, args))
+    decision = gate.decide(metrics)
+    metrics.update(decision.metrics())
     stage = work / "stage"
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir(parents=True)
@@ -108,9 +130,28 @@ def run(cfg: JobConfig, log_format: str = "text") -> RunResult:
     with open(stage / "predictions.jsonl", "w", encoding="utf-8") as out:
         for row in task.prediction_rows(raw["test"], predicted, spec):
             out.write(storage.json_line(row))
+    report.write(stage, run_id=run_id, cfg=cfg, raw=raw, features=features, spec=spec,
+                 history=trainer.state.log_history, metrics=metrics)
     storage.publish(stage, store, run_id, extra={"config_sha256": config_sha})
+
+    # 6. Promote: only now that _SUCCESS is written, move champion.json to this run if the gate said
+    #    so (compare-and-swap, job/champion.py); then retention deletes old runs, never the champion.
+    gate.promote(decision, metrics)
+    retention.apply(store, cfg.retention, current_run=run_id)
+    if not cfg.checkpoint.keep_after_success:
+        checkpoints.delete_all(store, run_id)
     shutil.rmtree(work, ignore_errors=True)
     return RunResult(run_id, store.url(run_id), metrics)
+
+
+def config_fingerprint(cfg: JobConfig) -> str:
+    """What makes two runs the same run: the resolved config without where this node keeps its
+    scratch files or how many workers it starts (a resumed run may land on other hardware)."""
+    resolved = config_module.to_dict(cfg)
+    resolved["output"].pop("work_dir", None)
+    resolved.pop("distributed", None)
+    resolved.pop("run_id", None)
+    return hashlib.sha256(json.dumps(config_module.redact(resolved), sort_keys=True, default=str).encode()).hexdigest()
 
 
 def new_run_id() -> str:
@@ -143,5 +184,7 @@ def summary(result: RunResult) -> str:
     shown = {k: v for k, v in shown.items() if not k.endswith(("_runtime", "_per_second"))}
     lines = [f"run {result.run_id}" + (" (already finished)" if result.skipped else "")]
     lines += [f"  {key}: {value:.4f}" for key, value in shown.items()]
+    if "promotion_decision" in result.metrics:
+        lines.append(f"promotion: {result.metrics['promotion_decision']}: {result.metrics['promotion_reason']}")
     lines.append(f"outputs: {result.location}/")
     return "\n".join(lines)

@@ -49,9 +49,19 @@ def arguments(cfg: JobConfig, output_dir: Path, *, progress_bars: bool):
         "average_tokens_across_devices": False,
         "ddp_find_unused_parameters": False,
         "dataloader_pin_memory": gpu,
+        "use_cpu": not gpu,  # without it, several CPU workers each train alone (no gloo process group)
         "disable_tqdm": not progress_bars,
         "seed": cfg.seed,
+        # Checkpoints: the job's callback (job/checkpoints.py) also asks for them on a timer and on
+        # SIGTERM; locally only the newest is kept, storage keeps checkpoint.keep.
+        "save_strategy": "steps" if cfg.checkpoint.every_steps else "no",
+        "save_steps": cfg.checkpoint.every_steps or 500,
+        "save_total_limit": 1,
     }
+    if cfg.data.streaming:
+        # Each worker reads and pads its own batches; dispatching them from rank 0 breaks with dynamic
+        # padding (batches of different shapes) and makes rank 0 read for everyone.
+        defaults["accelerator_config"] = {"dispatch_batches": False}
     if gpu:
         import torch
 
@@ -105,9 +115,25 @@ def _trainer_class():
     class JobTrainer(Trainer):
         def _get_train_sampler(self, train_dataset=None):
             # Trainer drops columns the model does not take (the precomputed `length` among them)
-            # before asking for a sampler, which then re-measures every row. Hand it the dataset that
-            # still has the column.
-            return super()._get_train_sampler(self.train_dataset)
+            # before asking for a sampler, which would then re-measure every row: read the column here.
+            dataset, args = self.train_dataset, self.args
+            if args.train_sampling_strategy == "group_by_length" and "length" in (dataset.column_names or []):
+                return _length_grouped_sampler(
+                    args.train_batch_size * args.gradient_accumulation_steps,
+                    lengths=dataset[args.length_column_name],
+                    seed=args.data_seed if args.data_seed is not None else args.seed,
+                )
+            return super()._get_train_sampler(dataset)
+
+        def evaluation_loop(self, *args, **kwargs):
+            # Evaluation draws from the global RNG (each DataLoader iterator takes a seed from it).
+            # Keep it out of training's RNG stream, so a run resumed from a checkpoint continues
+            # with the same dropout masks as one that never stopped.
+            import torch
+
+            devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+            with torch.random.fork_rng(devices=devices):
+                return super().evaluation_loop(*args, **kwargs)
 
         def _get_eval_sampler(self, eval_dataset):
             # Evaluate in dataset order: length grouping would permute the predictions. Several
@@ -117,6 +143,21 @@ def _trainer_class():
             return SequentialSampler(eval_dataset)
 
     return JobTrainer
+
+
+def _length_grouped_sampler(batch_size: int, lengths: list[int], seed: int):
+    """Length-grouped batches whose order depends only on (seed, epoch), so a resumed run skips
+    exactly the batches the interrupted one trained on (Trainer calls set_epoch every epoch)."""
+    import torch
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    class EpochSeeded(LengthGroupedSampler):
+        def set_epoch(self, epoch: int) -> None:
+            self.generator.manual_seed(seed + epoch)
+
+    sampler = EpochSeeded(batch_size, lengths=lengths, generator=torch.Generator())
+    sampler.set_epoch(0)
+    return sampler
 
 
 def _log_callback():

@@ -2,9 +2,12 @@
 
     finetune-job run                                    # embedded demo -> ./outputs/<run-id>/
     finetune-job run --config job.yaml --set training.num_train_epochs=1
+    finetune-job run --config job.yaml --set distributed.nproc_per_node=2   # two workers
 """
 
 from __future__ import annotations
+
+import sys
 
 import click
 
@@ -17,8 +20,14 @@ from job.log import echo
 @click.pass_context
 def command(ctx, config_path, sets):
     """Fine-tune the configured model and publish model, predictions and metrics."""
-    from job import run
+    from job import env, launch, run
 
-    cfg = load_config(config_path, sets)
+    cfg = load_config(config_path, sets)  # a bad config fails here, before any worker starts
+    if not env.inside_launched_worker():
+        plan = launch.plan(cfg)
+        if plan.world_size > 1:
+            cfg.run_id = cfg.run_id or run.new_run_id()  # one id for all workers of this run
+            sys.exit(launch.run_workers(plan, sys.argv[1:], cfg.run_id, cfg.distributed.shutdown_grace_seconds))
     result = run.run(cfg, log_format=ctx.obj["log_format"])
-    echo(run.summary(result))
+    if result.location and env.rank() == 0:
+        echo(run.summary(result))

@@ -1,0 +1,208 @@
+"""Checkpoints in storage, resuming from them, and stopping cleanly on SIGTERM.
+
+Every checkpoint Trainer saves (every `checkpoint.every_steps` steps, every `checkpoint.every_minutes`,
+and once on SIGTERM) is uploaded to `<output>/<run-id>/checkpoints/checkpoint-<step>/` and only then
+marked complete with its own `_SUCCESS` manifest, exactly like a run. The newest `checkpoint.keep`
+complete checkpoints stay; older ones, and incomplete ones a killed upload left, are deleted.
+
+A run first looks for its latest complete checkpoint (in Kubernetes the run id comes from the Job, so
+a replacement pod finds what its predecessor saved) and resumes model, optimizer, scheduler, RNG and
+data position from it. Incomplete checkpoints are never used.
+
+Uploads run on a background thread from a hard-linked snapshot of the checkpoint directory: training
+goes on meanwhile, and Trainer's local rotation cannot delete a file that is still being uploaded. Only
+a SIGTERM (and the end of the run) waits for them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+from job import storage
+from job.config import CheckpointConfig
+from job.errors import ConfigError, StorageError
+
+log = logging.getLogger(__name__)
+
+FOLDER = "checkpoints"
+_STEP = re.compile(r"/checkpoint-(\d+)/")
+
+
+class StopRequest:
+    """Remembers a SIGTERM/SIGINT; training stops at the next step boundary, after a checkpoint."""
+
+    def __init__(self):
+        self.signal_name: str | None = None
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signal_name is None:
+            self.signal_name = signal.Signals(signum).name
+            log.warning("%s received: saving a checkpoint at the next step, then stopping", self.signal_name)
+
+    @property
+    def requested(self) -> bool:
+        return self.signal_name is not None
+
+
+def prefix(run_id: str, step: int | None = None) -> str:
+    return storage.join(run_id, FOLDER, f"checkpoint-{step}" if step is not None else "")
+
+
+def complete_steps(store, run_id: str) -> tuple[list[int], list[int]]:
+    """(complete, incomplete) checkpoint steps of a run, each sorted ascending."""
+    steps: dict[int, bool] = {}
+    for key in store.list(prefix(run_id)):
+        found = _STEP.search("/" + key)
+        if found:
+            step = int(found.group(1))
+            steps[step] = steps.get(step, False) or key.endswith(f"/{storage.SUCCESS}")
+    return sorted(s for s, done in steps.items() if done), sorted(s for s, done in steps.items() if not done)
+
+
+def fetch_latest(store, run_id: str, dest: Path, config_sha: str) -> Path | None:
+    """Download the run's latest complete checkpoint (verified against its manifest), or None."""
+    complete, incomplete = complete_steps(store, run_id)
+    if incomplete and (not complete or incomplete[-1] > complete[-1]):
+        log.warning("checkpoint: ignoring incomplete checkpoint-%d (its upload never finished)", incomplete[-1])
+    if not complete:
+        return None
+    step = complete[-1]
+    manifest = storage.read_manifest(store, prefix(run_id, step))
+    if manifest.get("config_sha256") != config_sha:
+        raise ConfigError(
+            f"checkpoint-{step} of run {run_id} was saved with a different config; use a new run id",
+            where="run_id",
+        )
+    local = dest / f"checkpoint-{step}"
+    if _verified(local, manifest):  # another worker of this node fetched it already
+        return local
+    shutil.rmtree(local, ignore_errors=True)
+    store.download(prefix(run_id, step), local)
+    if not _verified(local, manifest):
+        raise StorageError("downloaded checkpoint does not match its manifest", where=store.url(prefix(run_id, step)))
+    log.info("checkpoint: resuming from checkpoint-%d (step %d) of %s", step, manifest["step"], store.url(run_id))
+    return local
+
+
+def _verified(local: Path, manifest: dict) -> bool:
+    for entry in manifest["files"]:
+        path = local / entry["path"]
+        if not path.is_file() or path.stat().st_size != entry["size"] or storage.sha256_file(path) != entry["sha256"]:
+            return False
+    return True
+
+
+def delete_all(store, run_id: str) -> None:
+    for key in store.list(prefix(run_id)):
+        store.delete(key)
+
+
+def publisher(store, run_id: str, settings: CheckpointConfig, stop: StopRequest, config_sha: str, work: Path):
+    """The TrainerCallback that decides when to save and ships every saved checkpoint to storage."""
+    from transformers import TrainerCallback
+
+    class Publisher(TrainerCallback):
+        def __init__(self):
+            self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-upload")
+            self.uploads: list[Future] = []
+            self.last_save = time.monotonic()
+            self.stopped_at: int | None = None
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self._raise_failed_upload()
+            minutes = settings.every_minutes
+            due = minutes is not None and time.monotonic() - self.last_save >= minutes * 60
+            # Every worker must stop (and save) at the same step, or the next collective hangs.
+            due, stopping = _agree(args.device, due, stop.requested)
+            if stopping:
+                control.should_save = control.should_training_stop = True
+                self.stopped_at = state.global_step
+            elif due:
+                control.should_save = True
+
+        def on_save(self, args, state, control, **kwargs):
+            self.last_save = time.monotonic()
+            _barrier()  # every worker has written its part (RNG state) of the checkpoint
+            if not state.is_world_process_zero:
+                return
+            source = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            snapshot = work / "uploading" / source.name
+            shutil.rmtree(snapshot, ignore_errors=True)
+            _link_tree(source, snapshot)
+            # training_args.bin pickles every TrainingArguments field, hub_token included; resuming
+            # does not read it, so it never leaves this machine.
+            (snapshot / "training_args.bin").unlink(missing_ok=True)
+            self.uploads.append(self.pool.submit(self._upload, snapshot, state.global_step))
+
+        def _upload(self, snapshot: Path, step: int) -> None:
+            storage.publish(snapshot, store, prefix(run_id, step), extra={"step": step, "config_sha256": config_sha})
+            shutil.rmtree(snapshot, ignore_errors=True)
+            complete, incomplete = complete_steps(store, run_id)
+            for old in complete[: -settings.keep] + [s for s in incomplete if s < step]:
+                # The marker goes first: a half-deleted checkpoint must already look incomplete.
+                store.delete(storage.join(prefix(run_id, old), storage.SUCCESS))
+                for key in store.list(prefix(run_id, old)):
+                    store.delete(key)
+
+        def _raise_failed_upload(self) -> None:
+            for upload in [u for u in self.uploads if u.done()]:
+                self.uploads.remove(upload)
+                upload.result()  # re-raises a StorageError from the upload thread
+
+        def wait(self) -> None:
+            """Block until every upload has finished; raise the first failure."""
+            for upload in self.uploads:
+                upload.result()
+            self.uploads.clear()
+
+    return Publisher()
+
+
+def _agree(device, *flags: bool) -> tuple[bool, ...]:
+    """True for a flag when any worker has it (a no-op without torch.distributed)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return flags
+    values = torch.tensor([float(f) for f in flags], device=device)
+    dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return tuple(bool(v) for v in values.tolist())
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _link_tree(source: Path, target: Path) -> None:
+    """Hard-link a directory tree (instant, no extra space); copy where links are impossible."""
+
+    def link(src, dst):
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    shutil.copytree(source, target, copy_function=link)
+
+
+def step_of(checkpoint: Path | None) -> int | None:
+    """The global step a local checkpoint directory holds (None for no checkpoint)."""
+    if checkpoint is None:
+        return None
+    return json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
