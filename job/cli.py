@@ -20,6 +20,9 @@ COMMANDS = {
     "check": "job.commands.check",
     "config": "job.commands.show_config",
     "predict": "job.commands.predict",
+    "champion": "job.commands.champion",
+    "promote": "job.commands.promote",
+    "rollback": "job.commands.rollback",
 }
 
 log = logging.getLogger("job")

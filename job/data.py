@@ -27,7 +27,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from job import storage
+from job import storage, windows
 from job.config import DataConfig, JobConfig, is_builtin
 from job.errors import ConfigError, DataError, StorageError
 
@@ -164,21 +164,29 @@ def _bucket_reads_allowed(kwargs: dict):
 
 
 def _expand(patterns: str | list[str], key: str, cfg: JobConfig) -> list[str]:
-    """Resolve globs now, so a pattern that matches nothing is named in the error."""
+    """Resolve globs now, so a pattern that matches nothing is named in the error. Paths that name
+    the run's date (`{date-1d}`, `{date-6d..date}`) are resolved by job/windows.py first."""
     paths: list[str] = []
     for pattern in [patterns] if isinstance(patterns, str) else patterns:
-        if pattern.startswith("s3://"):
-            matched = storage.glob_s3(pattern, cfg.s3)
-        else:
-            matched = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
-            matched = [p for p in matched if os.path.isfile(p)]
-            for path in matched:
-                if not os.access(path, os.R_OK):
-                    raise DataError("file is not readable", where=path)
+        if windows.is_template(pattern):
+            paths.extend(windows.expand(pattern, key, cfg, lambda concrete: _match(concrete, cfg)))
+            continue
+        matched = _match(pattern, cfg)
         if not matched:
             raise DataError("no file matches", where=f"{key}: {pattern}")
         paths.extend(matched)
     return paths
+
+
+def _match(pattern: str, cfg: JobConfig) -> list[str]:
+    if pattern.startswith("s3://"):
+        return storage.glob_s3(pattern, cfg.s3)
+    matched = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
+    matched = [p for p in matched if os.path.isfile(p)]
+    for path in matched:
+        if not os.access(path, os.R_OK):
+            raise DataError("file is not readable", where=path)
+    return matched
 
 
 def _infer_format(files: dict[str, list[str]]) -> str:

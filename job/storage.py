@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 SUCCESS = "_SUCCESS"
 PROBE = ".finetune-job-probe"
+LOCK = ".finetune-job.lock"  # local stores: held while a conditional write checks and renames
 
 
 def open_store(uri: str, s3: S3Config):
@@ -84,12 +85,50 @@ class LocalStore:
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             (self.root / key).unlink()
+        # Drop the folders this left empty: on S3 a prefix disappears with its last object.
+        parent = (self.root / key).parent
+        while parent != self.root and self.root in parent.parents:
+            try:
+                parent.rmdir()
+            except OSError:  # not empty (or already gone)
+                break
+            parent = parent.parent
 
     def download(self, prefix: str, dest: Path) -> None:
         src = self.root / prefix
         if not src.is_dir():
             raise StorageError("no such directory", where=str(src))
         shutil.copytree(src, dest, dirs_exist_ok=True)
+
+    def get_with_etag(self, key: str) -> tuple[bytes | None, str | None]:
+        """The object and a tag of its content (its sha256), for `put_if`."""
+        data = self.get_bytes(key)
+        return data, (hashlib.sha256(data).hexdigest() if data is not None else None)
+
+    def put_if(self, data: bytes, key: str, etag: str | None) -> bool:
+        """Compare-and-swap: write only if the object still has `etag` (None: only if it does not exist).
+
+        S3's `If-Match`/`If-None-Match` for a directory: the check and the atomic rename happen under
+        an exclusive `fcntl` lock on `<root>/.finetune-job.lock`, which every writer on this host (or
+        on a file system with working POSIX locks) takes. False when another writer got there first."""
+        import fcntl
+
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            lock = open(self.root / LOCK, "a")
+        except OSError as exc:
+            raise StorageError(f"cannot lock ({exc.strerror or exc})", where=str(self.root / LOCK)) from exc
+        with lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            if self.get_with_etag(key)[1] != etag:
+                return False
+            self.put_bytes(data, key)
+            return True
+
+    def modified(self, prefix: str) -> dt.datetime | None:
+        """When anything under `prefix` was last written (None when nothing is there)."""
+        times = [(self.root / key).stat().st_mtime for key in self.list(prefix)]
+        return dt.datetime.fromtimestamp(max(times), dt.timezone.utc) if times else None
 
     @contextlib.contextmanager
     def _writing(self, key: str):
@@ -227,6 +266,40 @@ class S3Store:
             target.parent.mkdir(parents=True, exist_ok=True)
             with self._errors(key):
                 self.client.download_file(self.bucket, self._key(key), str(target), Config=self.transfer)
+
+    def get_with_etag(self, key: str) -> tuple[bytes | None, str | None]:
+        """The object and its ETag, for `put_if`."""
+        with self._errors(key):
+            try:
+                response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            except self.client.exceptions.NoSuchKey:
+                return None, None
+            return response["Body"].read(), response["ETag"]
+
+    def put_if(self, data: bytes, key: str, etag: str | None) -> bool:
+        """Compare-and-swap with S3 conditional writes: `If-Match: etag`, or `If-None-Match: *` when
+        `etag` is None. False when another writer got there first (412, or 409 for a concurrent one)."""
+        from botocore.exceptions import ClientError
+
+        condition = {"IfMatch": etag} if etag is not None else {"IfNoneMatch": "*"}
+        with self._errors(key):
+            try:
+                self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **condition)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey"):
+                    return False
+                raise
+        return True
+
+    def modified(self, prefix: str) -> dt.datetime | None:
+        """When anything under `prefix` was last written (None when nothing is there)."""
+        base = self._key(prefix)
+        newest = None
+        with self._errors(prefix):
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base + "/"):
+                for obj in page.get("Contents", []):
+                    newest = max(newest or obj["LastModified"], obj["LastModified"])
+        return newest
 
     @contextlib.contextmanager
     def _errors(self, key: str):

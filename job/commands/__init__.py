@@ -35,3 +35,22 @@ def load_config(config_path: str | None, sets: tuple[str, ...]):
         cfg = config.load(config_path, sets)
     log.add_secrets(config.secret_values(cfg))
     return cfg
+
+
+def output_options(command):
+    """--config/--set plus --output, for the commands that work on the runs in an output location."""
+    command = click.option(
+        "--output",
+        "output_uri",
+        metavar="DIR|s3://...",
+        help="The output location (output.uri) holding the runs and champion.json; default: from the config.",
+    )(command)
+    return config_options(command)
+
+
+def open_output(config_path: str | None, sets: tuple[str, ...], output_uri: str | None):
+    """(config, store) for --output, or the config's output.uri."""
+    from job import storage
+
+    cfg = load_config(config_path, sets + ((f"output.uri={output_uri}",) if output_uri else ()))
+    return cfg, storage.open_store(cfg.output.uri, cfg.s3)

@@ -1,0 +1,36 @@
+"""`finetune-job champion`: the current champion, as a person or a script reads it.
+
+    finetune-job champion --output s3://bucket/runs
+    finetune-job champion --output s3://bucket/runs --json        # the pointer itself, for scripts
+    finetune-job champion --output s3://bucket/runs --history     # every promotion, oldest first
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from job.commands import open_output, output_options
+from job.log import echo
+
+
+@click.command("champion")
+@output_options
+@click.option("--json", "as_json", is_flag=True, help="Print champion.json as stored (null when there is none).")
+@click.option("--history", is_flag=True, help="Also list every promotion from the audit log.")
+def command(config_path, sets, output_uri, as_json, history):
+    """Show the champion run (checking that its _SUCCESS is there)."""
+    from job import champion
+
+    _, store = open_output(config_path, sets, output_uri)
+    pointer = champion.current(store)
+    if as_json:
+        echo(json.dumps(pointer, indent=2))
+        return
+    echo(champion.describe(pointer) if pointer else f"no champion yet in {store.uri}")
+    if history:
+        echo("history:")
+        for r in champion.history(store):
+            value = f"{r['value']:.4f}" if isinstance(r["value"], (int, float)) else "n/a"
+            echo(f"  {r['generation']:>4}  {r['promoted_at']}  {r['run_id']}  {r['metric']} {value}  {r['by']}: {r['reason']}")

@@ -1,0 +1,228 @@
+"""The promotion gate: does this run beat the champion, both scored on this run's evaluation data?
+
+    promotion:
+      mode: auto         # auto: promote when the run beats the champion; never; always
+      metric: test_f1    # a test_* or eval_* metric; one whose name ends in "loss" is better when lower
+      min_delta: 0.01    # least improvement that promotes: absolute, or relative to the champion ("1%")
+
+The champion's metrics.json was measured on its own test data, and the data changes every night. So
+its model is loaded here and evaluated on exactly the rows the candidate was (test rows for test_*,
+validation rows for eval_*), with its own tokenizer (a builtin model's vocabulary depends on the data
+it was trained on): an easier test set lifts both scores and cannot fake an improvement. A candidate
+at least `min_delta` better is promoted; with the default 0, a tie promotes the fresher model. A
+champion with other labels is not comparable and stays (promote by hand); a champion whose run lost
+its `_SUCCESS` is replaced.
+
+The decision, both scores and the reason go into metrics.json (`promotion_*`) and the log before the
+run is published; the pointer moves only after `_SUCCESS` (job/champion.py). If another run became
+champion in between, the gate scores that one too and decides again.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from job import champion, models, storage
+
+log = logging.getLogger(__name__)
+
+
+class Incomparable(Exception):
+    """The champion cannot be scored on this run's data (other labels, or a model that will not load)."""
+
+
+@dataclass
+class Decision:
+    promote: bool
+    reason: str
+    metric: str
+    candidate: float | None
+    champion: float | None = None
+    champion_run: str | None = None
+    champion_generation: int | None = None
+
+    def metrics(self) -> dict:
+        """The flat `promotion_*` entries of metrics.json."""
+        return {
+            "promotion_decision": "promote" if self.promote else "keep",
+            "promotion_reason": self.reason,
+            "promotion_metric": self.metric,
+            "promotion_candidate": self.candidate,
+            "promotion_champion": self.champion,
+            "promotion_champion_run": self.champion_run,
+            "promotion_champion_generation": self.champion_generation,
+        }
+
+
+def lower_is_better(metric: str) -> bool:
+    return metric.endswith("loss")  # TrainingArguments.greater_is_better's rule
+
+
+def required_gain(min_delta: float | str, champion_score: float) -> float:
+    """min_delta as an absolute gain: 0.01 as is, "1%" of the champion's score."""
+    if isinstance(min_delta, str):
+        return float(min_delta.strip().rstrip("%")) / 100 * abs(champion_score)
+    return float(min_delta)
+
+
+def judge(mode: str, metric: str, min_delta, candidate: float | None, champion_score: float | None, champion_run: str | None) -> tuple[bool, str]:
+    """The rule, without any I/O: (promote?, why)."""
+    if mode == "never":
+        return False, "promotion.mode is never"
+    if mode == "always":
+        return True, "promotion.mode is always"
+    if candidate is None:
+        return False, f"this run has no {metric} (are the evaluated rows labelled?)"
+    if champion_run is None:
+        return True, "there is no champion yet"
+    gain = (champion_score - candidate) if lower_is_better(metric) else (candidate - champion_score)
+    needed = required_gain(min_delta, champion_score)
+    comparison = f"{metric} {candidate:.4f} against {champion_score:.4f} for champion {champion_run} on the same rows: {gain:+.4f}"
+    if gain >= needed:
+        return True, f"{comparison}, at least the {needed:.4f} required"
+    return False, f"{comparison}, less than the {needed:.4f} required"
+
+
+class Gate:
+    """Scores champions on this run's data (each run at most once) and decides."""
+
+    def __init__(self, cfg, store, run_id: str, score: Callable[[str], float | None]):
+        self.settings = cfg.promotion
+        self.store = store
+        self.run_id = run_id
+        self.score = score  # run id -> that run's model's `promotion.metric` on this run's rows
+        self.scores: dict[str, tuple[float | None, str | None]] = {}
+
+    def decide(self, metrics: dict, pointer: dict | None | str = "read") -> Decision:
+        """Decide against `pointer` (the current champion, read from storage by default)."""
+        s = self.settings
+        if pointer == "read":
+            pointer = champion.read(self.store)[0]
+        value = metrics.get(s.metric)
+        decision = Decision(False, "", s.metric, float(value) if isinstance(value, (int, float)) else None)
+        if pointer is not None and pointer["run_id"] != self.run_id:
+            decision.champion_run, decision.champion_generation = pointer["run_id"], pointer["generation"]
+            if decision.candidate is not None:
+                decision.champion, problem = self._champion_score(pointer["run_id"])
+                if problem is not None:
+                    gone = problem.startswith("gone")
+                    decision.promote = s.mode == "always" or (s.mode == "auto" and gone)
+                    action = "replace it" if decision.promote else "keep it (promote by hand to override)"
+                    decision.reason = f"champion {pointer['run_id']} cannot be scored on this run's rows ({problem}); {action}"
+                    return self._logged(decision)
+        decision.promote, decision.reason = judge(
+            s.mode, s.metric, s.min_delta, decision.candidate, decision.champion, decision.champion_run
+        )
+        return self._logged(decision)
+
+    def promote(self, decision: Decision, metrics: dict) -> dict | None:
+        """After `_SUCCESS`: move the pointer to this run if the gate said so, by compare-and-swap;
+        if another run became champion since the decision, score it and decide again."""
+        if not decision.promote:
+            return None
+
+        def choose(pointer):
+            nonlocal decision
+            seen = pointer["generation"] if pointer else None
+            if seen != decision.champion_generation or (pointer and pointer["run_id"] != decision.champion_run):
+                decision = self.decide(metrics, pointer)
+            if not decision.promote:
+                return None
+            return {"run_id": self.run_id, "metric": decision.metric, "value": decision.candidate, "previous": seen, "reason": decision.reason}
+
+        return champion.move(self.store, choose, by="run")
+
+    def _champion_score(self, run_id: str) -> tuple[float | None, str | None]:
+        if run_id not in self.scores:
+            if storage.read_manifest(self.store, run_id) is None:
+                self.scores[run_id] = None, "gone: its run has no _SUCCESS"
+            else:
+                try:
+                    self.scores[run_id] = self.score(run_id), None
+                except Incomparable as exc:
+                    self.scores[run_id] = None, str(exc)
+        return self.scores[run_id]
+
+    def _logged(self, decision: Decision) -> Decision:
+        log.info("promotion: %s: %s", "promote" if decision.promote else "keep the champion", decision.reason)
+        return decision
+
+
+# ---------------------------------------------------------------------------------------------- scoring
+
+
+def evaluator(cfg, store, task, spec, raw, args) -> Callable[[str], float | None]:
+    """score(run_id): that run's model evaluated on this run's rows (test for test_*, validation for
+    eval_*) with the run's batch size, device and precision. A plain loop rather than a Trainer, so it
+    runs on the first worker alone (after the others have finished) without any collective call."""
+    metric = cfg.promotion.metric
+    split, prefix = ("test", "test") if metric.startswith("test_") else ("validation", "eval")
+
+    def score(run_id: str) -> float | None:
+        with tempfile.TemporaryDirectory(prefix="finetune-champion-") as tmp:
+            store.download(storage.join(run_id, "model"), Path(tmp))
+            tokenizer, model = _load(Path(tmp), cfg, task, spec, run_id)
+            features = task.preprocess({split: raw[split]}, tokenizer, cfg, spec)[split]
+            collator = task.collator(tokenizer, cfg, spec, pad_to_multiple_of=None)
+            scores = _evaluate(model, features, collator, args, lambda p: task.compute_metrics(p, spec))
+        value = {f"{prefix}_{k}": v for k, v in scores.items()}.get(metric)
+        if not isinstance(value, (int, float)):
+            raise Incomparable(f"its evaluation gives no {metric}")
+        log.info("promotion: champion %s scores %s %s on this run's %s rows", run_id, metric, value, split)
+        return value
+
+    return score
+
+
+def _load(model_dir: Path, cfg, task, spec, run_id: str):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        model = models.model_class(task).from_pretrained(model_dir, trust_remote_code=cfg.model.trust_remote_code)
+    except (OSError, ValueError, KeyError) as exc:
+        raise Incomparable(f"its model does not load: {str(exc).splitlines()[0][:200]}") from exc
+    ours = task.model_kwargs(spec).get("id2label")
+    if ours is not None:
+        theirs = {int(k): v for k, v in (model.config.id2label or {}).items()}
+        if theirs != {int(k): v for k, v in ours.items()}:
+            raise Incomparable(f"its labels are {list(theirs.values())}, this run's {list(ours.values())}")
+    return tokenizer, model
+
+
+def _evaluate(model, features, collator, args, compute_metrics) -> dict:
+    """Trainer.predict's numbers, in dataset order: mean loss per row, and compute_metrics over the
+    logits (padded across batches with -100, as Trainer does)."""
+    import torch
+    from torch.utils.data import DataLoader
+    from transformers import EvalPrediction
+    from transformers.trainer_pt_utils import nested_concat
+
+    accepted = set(inspect.signature(model.forward).parameters) | {"labels"}
+    features = features.remove_columns([c for c in features.column_names if c not in accepted])
+    loader = DataLoader(features, batch_size=args.per_device_eval_batch_size, collate_fn=collator)
+    device = args.device
+    model.to(device).eval()
+    logits = labels = None
+    loss_sum, rows = 0.0, 0
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(args.bf16)):
+        for batch in loader:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            out = model(**batch)
+            size = len(batch["input_ids"])
+            if out.loss is not None:
+                loss_sum, rows = loss_sum + out.loss.item() * size, rows + size
+            step_logits = out.logits.float().cpu()
+            logits = step_logits if logits is None else nested_concat(logits, step_logits)
+            if "labels" in batch:
+                step_labels = batch["labels"].cpu()
+                labels = step_labels if labels is None else nested_concat(labels, step_labels)
+    scores = compute_metrics(EvalPrediction(predictions=logits.numpy(), label_ids=labels.numpy())) if labels is not None else {}
+    if rows:
+        scores["loss"] = loss_sum / rows
+    return scores
