@@ -83,7 +83,7 @@ def judge(mode: str, metric: str, min_delta, candidate: float | None, champion_s
     gain = (champion_score - candidate) if lower_is_better(metric) else (candidate - champion_score)
     needed = required_gain(min_delta, champion_score)
     comparison = f"{metric} {candidate:.4f} against {champion_score:.4f} for champion {champion_run} on the same rows: {gain:+.4f}"
-    if gain >= needed:
+    if gain >= needed - 1e-12:  # 0.9 - 0.8 must count as a gain of 0.1
         return True, f"{comparison}, at least the {needed:.4f} required"
     return False, f"{comparison}, less than the {needed:.4f} required"
 

@@ -46,7 +46,7 @@ def write(stage: Path, *, run_id: str, cfg, raw, features, spec, history: list[d
         ("Loss", "loss", lambda: _loss(history)),
         ("Confusion matrix (test)", "confusion_matrix", lambda: _confusion(metrics)),
         ("Per-class metrics (test)", "per_class", lambda: _per_class(metrics)),
-        ("Promotion", "promotion", lambda: _promotion(metrics)),
+        ("Promotion", "promotion", lambda: _promotion(metrics, cfg)),
     ):
         figure, missing = draw()
         if figure is None:
@@ -202,7 +202,9 @@ def _per_class(metrics: dict):
     return figure, None
 
 
-def _promotion(metrics: dict):
+def _promotion(metrics: dict, cfg):
+    from job import promotion
+
     metric, candidate, champion = metrics.get("promotion_metric"), metrics.get("promotion_candidate"), metrics.get("promotion_champion")
     if metric is None:
         return None, "no promotion decision in metrics.json"
@@ -214,7 +216,12 @@ def _promotion(metrics: dict):
     drawn = ax.barh([n for n, _, _ in shown], [v for _, v, _ in shown], color=[c for _, _, c in shown])
     ax.bar_label(drawn, labels=[f"{v:.4f}" if v is not None else "not scored" for _, v, _ in bars], padding=3)
     ax.invert_yaxis()
-    ax.margins(x=0.2)
+    ax.set_xlim(0, max([v for _, v, _ in shown] + [1e-9]) * 1.3)
+    if champion is not None:
+        needed = promotion.required_gain(cfg.promotion.min_delta, champion)
+        bar = champion - needed if promotion.lower_is_better(metric) else champion + needed
+        ax.axvline(bar, color="#C44E52", linestyle="--", label=f"needed to promote ({bar:.4f})")
+        ax.legend(fontsize="small", loc="lower right")
     ax.set_xlabel(f"{metric} on this run's rows")
     promoted = metrics.get("promotion_decision") == "promote"
     ax.set_title("promoted" if promoted else "champion kept", color="#2E7D32" if promoted else "#B26A00", loc="left")
@@ -234,6 +241,7 @@ h1 { font-size: 22px; margin-bottom: 4px; } h2 { font-size: 17px; margin: 24px 0
 table { border-collapse: collapse; font-size: 14px; } td, th { padding: 4px 12px 4px 0; text-align: left; }
 td.num { font-variant-numeric: tabular-nums; text-align: right; }
 .plots { display: grid; grid-template-columns: repeat(auto-fit, minmax(480px, 1fr)); gap: 16px; }
+figure.wide { grid-column: 1 / -1; }
 figure { margin: 0; border: 1px solid #eee; border-radius: 6px; padding: 8px; }
 figure img { max-width: 100%; height: auto; } figcaption { font-weight: 600; margin-bottom: 6px; }
 .missing { color: #777; font-style: italic; }
@@ -247,19 +255,25 @@ def _html(run_id: str, cfg, metrics: dict, sections) -> str:
     if decision:
         word = "Promoted" if decision == "promote" else "Champion kept"
         banner = f'<div class="banner {e(decision)}"><b>{word}.</b> {e(str(metrics.get("promotion_reason", "")))}</div>'
-    headline = [
-        (k, v) for k, v in metrics.items()
-        if k.startswith(("test_", "eval_")) and isinstance(v, (int, float)) and not k.endswith(("_runtime", "_per_second"))
+    measures = [
+        k[len("test_"):] for k, v in metrics.items()
+        if k.startswith("test_") and isinstance(v, (int, float)) and not k.endswith(("_runtime", "_per_second"))
     ]
-    rows = "".join(f'<tr><th>{e(k)}</th><td class="num">{v:.4f}</td></tr>' for k, v in headline)
+    measures += [k[len("eval_"):] for k in metrics if k.startswith("eval_") and k[len("eval_"):] not in measures
+                 and isinstance(metrics[k], (int, float)) and not k.endswith(("_runtime", "_per_second"))]
+    cell = lambda v: f'<td class="num">{v:.4f}</td>' if isinstance(v, (int, float)) else "<td></td>"  # noqa: E731
+    rows = '<tr><th></th><th>validation</th><th>test</th></tr>' + "".join(
+        f"<tr><th>{e(m)}</th>{cell(metrics.get('eval_' + m))}{cell(metrics.get('test_' + m))}</tr>" for m in measures
+    )
     figures = []
     for title, path, missing in sections:
         if path is None:
             figures.append(f'<figure><figcaption>{e(title)}</figcaption><p class="missing">{e(missing)}</p></figure>')
             continue
         encoded = base64.b64encode(path.read_bytes()).decode()
+        wide = ' class="wide"' if path.stem == "data" else ""
         figures.append(
-            f'<figure><figcaption>{e(title)}</figcaption>'
+            f'<figure{wide}><figcaption>{e(title)}</figcaption>'
             f'<img alt="{e(title)}" data-plot="{e(path.stem)}" src="data:image/png;base64,{encoded}"></figure>'
         )
     source = cfg.data.dataset or cfg.data.train_files
