@@ -12,6 +12,7 @@ A rerun with the run id of a finished run does nothing (Kubernetes may retry a p
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -43,6 +44,8 @@ class RunResult:
 def run(cfg: JobConfig, log_format: str = "text") -> RunResult:
     from job import log as job_log
 
+    stop = checkpoints.StopRequest()
+    stop.install()  # from here on, SIGTERM means "checkpoint at the next step and exit 10"
     run_id = cfg.run_id or new_run_id()
     config_yaml = config_module.dump_yaml(cfg)
     config_sha = config_fingerprint(cfg)
@@ -81,8 +84,6 @@ def run(cfg: JobConfig, log_format: str = "text") -> RunResult:
     collator = task.collator(tokenizer, cfg, spec, pad_to_multiple_of=8 if training.on_gpu() else None)
 
     # 4. Train (from the latest complete checkpoint, if any), evaluate on validation, predict on test.
-    stop = checkpoints.StopRequest()
-    stop.install()
     publisher = checkpoints.publisher(store, run_id, cfg.checkpoint, stop, config_sha, work)
     trainer = training.trainer(
         cfg, args, model, tokenizer, features, collator, compute_metrics=lambda p: task.compute_metrics(p, spec)
@@ -170,6 +171,7 @@ def model_meta(cfg: JobConfig) -> dict:
         "text_pair_column": d.text_pair_column,
         "label_column": d.label_column,
         "max_length": d.max_length,
+        "task_settings": dataclasses.asdict(cfg.task.settings),  # e.g. seq2seq's prefix and generation settings
     }
 
 

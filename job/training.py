@@ -20,6 +20,7 @@ import math
 import sys
 from pathlib import Path
 
+from job import tasks
 from job.config import JobConfig
 from job.errors import ConfigError
 
@@ -33,9 +34,8 @@ def on_gpu() -> bool:
 
 
 def arguments(cfg: JobConfig, output_dir: Path, *, progress_bars: bool):
-    """TrainingArguments: the job's defaults, then the user's `training:` section on top."""
-    from transformers import TrainingArguments
-
+    """TrainingArguments: the job's defaults, the task's, then the user's `training:` section on top."""
+    task = tasks.get(cfg.task.name)
     gpu = on_gpu()
     defaults = {
         "report_to": "none",
@@ -67,8 +67,9 @@ def arguments(cfg: JobConfig, output_dir: Path, *, progress_bars: bool):
 
         defaults["bf16"] = torch.cuda.is_bf16_supported()
         defaults["tf32"] = torch.cuda.get_device_capability()[0] >= 8
+    defaults.update(task.training_defaults(cfg) if hasattr(task, "training_defaults") else {})
     try:
-        return TrainingArguments(output_dir=str(output_dir), **{**defaults, **cfg.training})
+        return _classes(task)[1](output_dir=str(output_dir), **{**defaults, **cfg.training})
     except (ValueError, TypeError) as exc:
         raise ConfigError(str(exc).strip().splitlines()[0][:300], where="training") from exc
 
@@ -76,7 +77,8 @@ def arguments(cfg: JobConfig, output_dir: Path, *, progress_bars: bool):
 def trainer(cfg: JobConfig, args, model, tokenizer, features: dict, collator, compute_metrics):
     from transformers import PrinterCallback, ProgressCallback
 
-    trainer = _trainer_class()(
+    task = tasks.get(cfg.task.name)
+    trainer = _trainer_class(task)(
         model=model,
         args=args,
         train_dataset=features["train"],
@@ -84,6 +86,7 @@ def trainer(cfg: JobConfig, args, model, tokenizer, features: dict, collator, co
         processing_class=tokenizer,
         data_collator=collator,
         compute_metrics=compute_metrics,
+        preprocess_logits_for_metrics=getattr(task, "preprocess_logits_for_metrics", None),
     )
     # The job logs training progress itself (one line, or one JSON object, per logging step).
     trainer.remove_callback(PrinterCallback)
@@ -91,38 +94,53 @@ def trainer(cfg: JobConfig, args, model, tokenizer, features: dict, collator, co
         trainer.remove_callback(ProgressCallback)
         trainer.add_callback(_quiet_progress_callback())
     trainer.add_callback(_log_callback())
+    trainer.add_callback(_sampler_epoch_callback(trainer))
     return trainer
 
 
-def predictor(model, tokenizer, collator, batch_size: int, output_dir: Path):
+def predictor(cfg: JobConfig, model, tokenizer, collator, batch_size: int, output_dir: Path):
     """A Trainer for inference only (`finetune-job predict`): same batching and ordering rules."""
-    from transformers import TrainingArguments
-
-    args = TrainingArguments(
+    task = tasks.get(cfg.task.name)
+    args = _classes(task)[1](
         output_dir=str(output_dir),
         per_device_eval_batch_size=batch_size,
         report_to="none",
         disable_tqdm=True,
         dataloader_pin_memory=on_gpu(),
+        **(task.training_defaults(cfg) if hasattr(task, "training_defaults") else {}),
     )
-    return _trainer_class()(model=model, args=args, processing_class=tokenizer, data_collator=collator)
+    return _trainer_class(task)(
+        model=model,
+        args=args,
+        processing_class=tokenizer,
+        data_collator=collator,
+        preprocess_logits_for_metrics=getattr(task, "preprocess_logits_for_metrics", None),
+    )
 
 
-def _trainer_class():
+def _classes(task) -> tuple:
+    """The Trainer and TrainingArguments classes a task builds on (job/tasks: TRAINER)."""
+    import transformers
+
+    names = getattr(task, "TRAINER", ("Trainer", "TrainingArguments"))
+    return getattr(transformers, names[0]), getattr(transformers, names[1])
+
+
+def _trainer_class(task):
     from torch.utils.data import SequentialSampler
-    from transformers import Trainer
 
-    class JobTrainer(Trainer):
+    class JobTrainer(_classes(task)[0]):
         def _get_train_sampler(self, train_dataset=None):
             # Trainer drops columns the model does not take (the precomputed `length` among them)
             # before asking for a sampler, which would then re-measure every row: read the column here.
             dataset, args = self.train_dataset, self.args
             if args.train_sampling_strategy == "group_by_length" and "length" in (dataset.column_names or []):
-                return _length_grouped_sampler(
+                self.length_sampler = _length_grouped_sampler(
                     args.train_batch_size * args.gradient_accumulation_steps,
                     lengths=dataset[args.length_column_name],
                     seed=args.data_seed if args.data_seed is not None else args.seed,
                 )
+                return self.length_sampler
             return super()._get_train_sampler(dataset)
 
         def evaluation_loop(self, *args, **kwargs):
@@ -158,6 +176,21 @@ def _length_grouped_sampler(batch_size: int, lengths: list[int], seed: int):
     sampler = EpochSeeded(batch_size, lengths=lengths, generator=torch.Generator())
     sampler.set_epoch(0)
     return sampler
+
+
+def _sampler_epoch_callback(trainer):
+    """Tells the length-grouped sampler which epoch starts. Trainer's own set_epoch does not reach it
+    when a resumed epoch skips its first batches on several workers (the sampler sits three
+    wrappers deep), and a wrong epoch would replay the wrong batch order."""
+    from transformers import TrainerCallback
+
+    class SamplerEpoch(TrainerCallback):
+        def on_epoch_begin(self, args, state, control, **kwargs):
+            sampler = getattr(trainer, "length_sampler", None)
+            if sampler is not None:
+                sampler.set_epoch(math.floor(state.epoch + 1e-6))  # state.epoch is 1.43 mid-epoch 1
+
+    return SamplerEpoch()
 
 
 def _log_callback():
