@@ -90,7 +90,8 @@ def expand(pattern: str, key: str, cfg, match: Callable[[str], list[str]]) -> li
     else:
         span = (day + dt.timedelta(days=next(iter(holders.values())).start)).isoformat()
     if not found:
-        what = f"no file matches {empty[0]}" + (f" nor any of the other {len(empty) - 1} days" if len(empty) > 1 else "")
+        others = len(empty) - 1
+        what = f"no file matches {empty[0]}" + (f" nor for the other {others} days" if others > 1 else " nor for the other day" if others else "")
         raise DataError(f"no data for {span} (run date {day}, {source}): {what}", where=f"{key}: {pattern}")
     if empty:
         log.warning("data: %s: no files for %d of the %d days in %s: %s", key, len(empty), len(days), span, ", ".join(empty))
