@@ -104,7 +104,8 @@ def _data(raw, spec):
     labels_ax.set_xticks(np.arange(len(labels)) + width * (len(per_split) - 1) / 2, labels, rotation=30 if len(labels) > 4 else 0)
     labels_ax.set_ylabel("share of rows" if not _token_level(raw, column) else "share of tokens")
     labels_ax.set_title("label distribution")
-    labels_ax.legend(fontsize="small")
+    labels_ax.set_ylim(0, labels_ax.get_ylim()[1] * 1.2)  # room for the legend above the bars
+    labels_ax.legend(fontsize="small", ncols=len(per_split), loc="upper center")
     return figure, None
 
 
@@ -154,7 +155,7 @@ def _loss(history: list[dict]):
         return None, "the trainer logged no loss"
     figure, ax = _figure()
     if train:
-        ax.plot(*zip(*train), label="training loss", color=COLORS["train"])
+        ax.plot(*zip(*train), ".-" if len(train) < 30 else "-", label="training loss", color=COLORS["train"])
     if evaluation:
         ax.plot(*zip(*evaluation), "o-", label="evaluation loss", color=COLORS["validation"])
     ax.set_xlabel("step")
