@@ -131,6 +131,10 @@ def publisher(store, run_id: str, settings: CheckpointConfig, stop: StopRequest,
                 self.stopped_at = state.global_step
             elif due:
                 control.should_save = True
+            if control.should_save:
+                # Flush the running loss into the log history the checkpoint carries, so a resumed
+                # run can still report the loss of the whole run (whole_run_loss).
+                control.should_log = True
 
         def on_save(self, args, state, control, **kwargs):
             self.last_save = time.monotonic()
@@ -168,6 +172,19 @@ def publisher(store, run_id: str, settings: CheckpointConfig, stop: StopRequest,
             self.uploads.clear()
 
     return Publisher()
+
+
+def whole_run_loss(log_history: list[dict], resumed_step: int, tail_loss: float, global_step: int) -> float:
+    """Trainer's train_loss covers only the steps since the resume; add back the steps before it,
+    from the losses logged up to the checkpoint (each the mean over the steps since the last log)."""
+    total, last = 0.0, 0
+    for entry in log_history:
+        if "loss" in entry and entry["step"] <= resumed_step:
+            total += entry["loss"] * (entry["step"] - last)
+            last = entry["step"]
+    if last != resumed_step:  # a checkpoint saved without a log at its step: the head is unknown
+        return tail_loss
+    return (total + tail_loss * (global_step - resumed_step)) / global_step
 
 
 def _agree(device, *flags: bool) -> tuple[bool, ...]:

@@ -97,6 +97,11 @@ def run(cfg: JobConfig, log_format: str = "text") -> RunResult:
             f"stopped by {stop.signal_name} at step {publisher.stopped_at}; its checkpoint is in "
             f"{store.url(checkpoints.prefix(run_id))}/; run again with run id {run_id} to resume"
         )
+    resumed_step = checkpoints.step_of(resume_from)
+    if resumed_step is not None:
+        train_result.metrics["train_loss"] = checkpoints.whole_run_loss(
+            trainer.state.log_history, resumed_step, train_result.metrics["train_loss"], trainer.state.global_step
+        )
     eval_metrics = trainer.evaluate()
     predicted = trainer.predict(features["test"], metric_key_prefix="test")
     _check_prediction_order(features["test"], raw["test"], predicted)
@@ -106,7 +111,7 @@ def run(cfg: JobConfig, log_format: str = "text") -> RunResult:
         **predicted.metrics,
         **{f"test_{key}": value for key, value in task.report(predicted, spec).items()},
         "world_size": args.world_size,
-        "resumed_from_step": checkpoints.step_of(resume_from),
+        "resumed_from_step": resumed_step,
         "wall_seconds": round(time.monotonic() - started, 2),
     }
 
