@@ -152,11 +152,12 @@ def run(cfg: JobConfig, log_format: str = "text") -> RunResult:
 
 def config_fingerprint(cfg: JobConfig) -> str:
     """What makes two runs the same run: the resolved config without where this node keeps its
-    scratch files or how many workers it starts (a resumed run may land on other hardware)."""
+    scratch files, how many workers it starts (a resumed run may land on other hardware) or how
+    many old runs are kept around."""
     resolved = config_module.to_dict(cfg)
     resolved["output"].pop("work_dir", None)
-    resolved.pop("distributed", None)
-    resolved.pop("run_id", None)
+    for section in ("distributed", "retention", "run_id"):
+        resolved.pop(section, None)
     return hashlib.sha256(json.dumps(config_module.redact(resolved), sort_keys=True, default=str).encode()).hexdigest()
 
 

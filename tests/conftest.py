@@ -175,7 +175,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 # A fast config for tests: the shipped demo data, the builtin tiny model, few steps.
 TINY_TRAINING = {
-    "num_train_epochs": 2,
+    "num_train_epochs": 4,
     "learning_rate": 0.002,
     "per_device_train_batch_size": 32,
     "per_device_eval_batch_size": 64,
