@@ -29,7 +29,9 @@ from job.errors import ConfigError
 
 BUILTIN_PREFIX = "builtin:"
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_SECRET_KEY = re.compile(r"token|secret|password|passwd|credential|api_key|access_key", re.I)
+# "token" only as a word of the key (hub_token), not max_new_tokens: a redacted count would also be
+# scrubbed from every log line as a secret value.
+_SECRET_KEY = re.compile(r"(^|_)token($|_)|secret|password|passwd|credential|api_key|access_key", re.I)
 REDACTED = "***"
 
 

@@ -2,7 +2,8 @@
 
 Sources: a Hub dataset (`data.dataset`, with `config_name` and `revision`), the shipped demo data
 (`builtin:sentiment-demo`), or files (`data.*_files`: local paths, globs, or s3:// URIs read through
-the same S3 settings as the outputs). The result always has `train`, `validation` and `test`:
+the same S3 settings as the outputs; csv, json, parquet, text with one row per line, or CoNLL token/tag
+columns). The result always has `train`, `validation` and `test`:
 
 - missing validation/test splits are carved from train with a seeded split, so the same config gives
   the same rows in every split on every run;
@@ -36,7 +37,10 @@ log = logging.getLogger(__name__)
 ROW_ID = "__row_id"
 SPLITS = ("train", "validation", "test")
 DEMO_DATASET = "builtin:sentiment-demo"
-_EXTENSIONS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+_EXTENSIONS = {
+    ".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text", ".conll": "conll",
+}
+CONLL_TOKENS, CONLL_TAGS = "tokens", "tags"  # the columns a CoNLL file is read into
 
 
 def load_splits(cfg: JobConfig):
@@ -81,7 +85,10 @@ def load_file(uri: str, cfg: JobConfig):
     kwargs = {"storage_options": dict(storage.fsspec_options(cfg.s3))} if uri.startswith("s3://") else {}
     fmt = cfg.data.format or _infer_format({"input": paths})
     with _bucket_reads_allowed(kwargs):
-        ds = _read(lambda: load_dataset(fmt, data_files={"test": paths}, split="test", **kwargs), cfg.data)
+        if fmt == "conll":
+            ds = _read(lambda: _load_conll({"test": paths}, kwargs, streaming=False)["test"], cfg.data)
+        else:
+            ds = _read(lambda: load_dataset(fmt, data_files={"test": paths}, split="test", **kwargs), cfg.data)
     if len(ds) == 0:
         raise DataError("the input has no rows", where=uri)
     return _with_row_ids(ds, cfg.data.id_column, "input")
@@ -143,8 +150,76 @@ def _load_source(cfg: JobConfig, streaming: bool | None = None):
         kwargs["storage_options"] = dict(storage.fsspec_options(cfg.s3))
     if fmt == "csv" and any(p.endswith(".tsv") for paths in files.values() for p in paths):
         kwargs["delimiter"] = "\t"
+    if fmt == "conll":
+        return _read(lambda: _load_conll(files, kwargs, streaming), data)
     with _bucket_reads_allowed(kwargs):
         return _read(lambda: load_dataset(fmt, data_files=files, streaming=streaming, **kwargs), data)
+
+
+def _load_conll(files: dict[str, list[str]], kwargs: dict, streaming: bool):
+    """CoNLL files as rows {tokens: [...], tags: [...]}: one `token<TAB>tag` per line (or whitespace-
+    separated columns: the first is the token, the last the tag, as in CoNLL-2003), sentences separated
+    by blank lines. A file with one column throughout has no tags (input to predict). Read here because
+    datasets has no CoNLL builder; held in memory unless streaming (NER files are small)."""
+    from datasets import Dataset, DatasetDict, Features, IterableDataset, IterableDatasetDict, List, Value
+
+    options = kwargs.get("storage_options", {})
+    splits = {}
+    for name, paths in files.items():
+        labelled = {_conll_has_tags(path, options) for path in paths}
+        if len(labelled) > 1:
+            raise DataError("some files have tags and some do not; give every file of a split the same columns", where=f"data.{name}_files")
+        columns = [CONLL_TOKENS, CONLL_TAGS] if labelled.pop() else [CONLL_TOKENS]
+        features = Features({column: List(Value("string")) for column in columns})
+        if streaming:
+            splits[name] = IterableDataset.from_generator(
+                _conll_rows, gen_kwargs={"paths": paths, "options": options}, features=features
+            )
+        else:
+            rows = list(_conll_rows(paths, options))
+            splits[name] = Dataset.from_dict({c: [row[c] for row in rows] for c in columns}, features=features)
+    return IterableDatasetDict(splits) if streaming else DatasetDict(splits)
+
+
+def _conll_lines(path: str, options: dict):
+    import fsspec
+
+    with fsspec.open(path, "rt", encoding="utf-8", compression="infer", **options) as f:
+        yield from enumerate(f, start=1)
+
+
+def _conll_has_tags(path: str, options: dict) -> bool:
+    for _, line in _conll_lines(path, options):
+        if line.strip():
+            return len(_conll_fields(line)) > 1
+    raise DataError("no tokens in this file", where=path)
+
+
+def _conll_fields(line: str) -> list[str]:
+    line = line.rstrip()  # as HF's wnut_17 loader does
+    return line.split("\t") if "\t" in line else line.split()
+
+
+def _conll_rows(paths: list[str], options: dict):
+    """Sentences of one split. Separator lines are blank or, in WNUT-17, a lone TAB: `strip() == ""`."""
+    for path in paths:
+        tokens: list[str] = []
+        tags: list[str] = []
+        labelled = _conll_has_tags(path, options)
+        for number, line in _conll_lines(path, options):
+            if not line.strip() or line.startswith("-DOCSTART-"):
+                if tokens:
+                    yield {CONLL_TOKENS: tokens, CONLL_TAGS: tags} if labelled else {CONLL_TOKENS: tokens}
+                tokens, tags = [], []
+                continue
+            fields = _conll_fields(line)
+            if (len(fields) > 1) != labelled:
+                shape = "token<TAB>tag" if labelled else "a token alone"
+                raise DataError(f"expected {shape}, as on the file's first line; got {line.strip()!r}", where=f"{path}:{number}")
+            tokens.append(fields[0])
+            tags.append(fields[-1])
+        if tokens:
+            yield {CONLL_TOKENS: tokens, CONLL_TAGS: tags} if labelled else {CONLL_TOKENS: tokens}
 
 
 @contextlib.contextmanager
@@ -196,7 +271,7 @@ def _infer_format(files: dict[str, list[str]]) -> str:
             suffixes = Path(path.removesuffix(".gz").removesuffix(".zst")).suffixes
             fmt = _EXTENSIONS.get(suffixes[-1].lower()) if suffixes else None
             if fmt is None:
-                raise ConfigError(f"cannot tell the format of {path}; set data.format (csv, json or parquet)", where="data.format")
+                raise ConfigError(f"cannot tell the format of {path}; set data.format (csv, json, parquet, text or conll)", where="data.format")
             formats.add(fmt)
     if len(formats) > 1:
         raise ConfigError(f"files mix formats ({', '.join(sorted(formats))}); use one format", where="data.format")

@@ -1,4 +1,5 @@
-"""Where the model comes from: a builtin tiny model, a local directory, an s3:// prefix, or the Hub.
+"""Where the model comes from: a builtin tiny model, a local directory, a GGUF file, an s3:// prefix,
+or the Hub.
 
 An s3:// model is downloaded to the work directory first and then loaded like a local one. Hub code
 (`trust_remote_code`) only runs when the config says so. `model.train: head` freezes the pretrained body
@@ -11,7 +12,7 @@ import hashlib
 import logging
 from pathlib import Path
 
-from job import builtin, env
+from job import builtin, env, gguf
 from job.config import JobConfig, is_builtin
 from job.errors import ModelError
 
@@ -33,7 +34,7 @@ def load(cfg: JobConfig, task, spec, train_split, work_dir: Path):
         tokenizer, model = builtin.build(name, task.texts(train_split, cfg), cls, kwargs, cfg.seed)
     else:
         location = resolve(cfg, work_dir)
-        tokenizer, model = _from_pretrained(location, cfg, cls, kwargs)
+        tokenizer, model = _from_pretrained(location, cfg, cls, kwargs, work_dir)
     if cfg.model.train == "head":
         _freeze_body(model)
     return tokenizer, model
@@ -60,17 +61,28 @@ def download(uri: str, cfg: JobConfig, work_dir: Path) -> Path:
     return target
 
 
-def _from_pretrained(location: str, cfg: JobConfig, cls, kwargs: dict):
-    from transformers import AutoTokenizer
+def _from_pretrained(location: str, cfg: JobConfig, cls, kwargs: dict, work_dir: Path):
+    from transformers import AutoConfig, AutoTokenizer
 
     options = {"revision": cfg.model.revision, "trust_remote_code": cfg.model.trust_remote_code}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(location, **options)
-        model = cls.from_pretrained(location, **options, **kwargs)
+        if gguf.is_gguf(location):
+            tokenizer, model = gguf.load(location, cls, kwargs, options, work_dir)
+        else:
+            if not hasattr(cls, "from_config"):  # a concrete class (not Auto) loads any weights it is given
+                _check_model_type(AutoConfig.from_pretrained(location, **options), cls, location)
+            tokenizer = AutoTokenizer.from_pretrained(location, **options)
+            model = cls.from_pretrained(location, **options, **kwargs)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(_explain(exc, location), where=f"model.name: {location}") from exc
     log.info("model: %s loaded (%.1fM parameters)", location, model.num_parameters() / 1e6)
     return tokenizer, model
+
+
+def _check_model_type(config, cls, location: str) -> None:
+    wanted = cls.config_class.model_type
+    if config.model_type != wanted:
+        raise ModelError(f"a {config.model_type} model cannot be a {cls.__name__} (needs {wanted})", where=f"model.name: {location}")
 
 
 def _explain(exc: Exception, location: str) -> str:
@@ -106,8 +118,14 @@ def check(cfg: JobConfig) -> str:
         return f"{name} (saved model in storage)"
     from transformers import AutoConfig
 
+    options = {"revision": cfg.model.revision, "trust_remote_code": cfg.model.trust_remote_code}
+    folder, _, file = name.rpartition("/")
     try:
-        AutoConfig.from_pretrained(name, revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code)
+        if gguf.is_gguf(name):
+            AutoConfig.from_pretrained(folder or ".", gguf_file=file, **options)
+        else:
+            AutoConfig.from_pretrained(name, **options)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(_explain(exc, name), where=f"model.name: {name}") from exc
-    return f"{name} ({'local directory' if Path(name).exists() else 'Hub'})"
+    kind = "GGUF file" if gguf.is_gguf(name) else "local directory"
+    return f"{name} ({kind if Path(name).exists() else 'Hub'})"

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from job import data, models, storage, tasks, training
-from job.config import DataConfig, JobConfig
+from job.config import DataConfig, JobConfig, TaskConfig
 from job.errors import ModelError
 from job.run import META_FILE
 
@@ -30,6 +30,7 @@ def predict(model_uri: str, input_uri: str, output_uri: str, *, batch_size: int,
         meta = _read_meta(model_dir, model_uri)
         task = tasks.get(meta["task"])
         cfg = JobConfig(
+            task=TaskConfig(name=meta["task"], settings=task.Settings(**meta.get("task_settings", {}))),
             data=DataConfig(
                 train_files=input_uri,
                 text_column=text_column or meta["text_column"],
@@ -43,7 +44,7 @@ def predict(model_uri: str, input_uri: str, output_uri: str, *, batch_size: int,
         spec = task.spec_from_model(model.config, cfg, rows)
         features = task.preprocess({"test": rows}, tokenizer, cfg, spec)["test"]
         collator = task.collator(tokenizer, cfg, spec, pad_to_multiple_of=8 if training.on_gpu() else None)
-        predictor = training.predictor(model, tokenizer, collator, batch_size, work / "trainer")
+        predictor = training.predictor(cfg, model, tokenizer, collator, batch_size, work / "trainer")
         predicted = predictor.predict(features, metric_key_prefix="predict")
         out_path = work / "predictions.jsonl"
         count = 0

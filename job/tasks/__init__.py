@@ -20,7 +20,18 @@ A task module provides (no base class; the recipe in job/run.py calls these name
     report(predict_output, spec) -> dict of non-scalar test metrics (confusion matrix, per-class report)
     prediction_rows(raw_test, predict_output, spec) -> iterator of JSON-ready dicts, one per test row
 
-Adding a task is one module and one line in TASKS.
+and, only when it needs them (job/training.py reads these with getattr):
+
+    TRAINER                  (Trainer class, TrainingArguments class) names to build on instead of
+                             Trainer/TrainingArguments, e.g. seq2seq's Seq2SeqTrainer, which generates
+    training_defaults(cfg)   TrainingArguments values the task needs (e.g. predict_with_generate); the
+                             user's `training:` section still wins
+    preprocess_logits_for_metrics(logits, labels)
+                             shrinks each evaluation batch's logits before they are gathered: a language
+                             model's vocabulary-sized logits for a whole test set would not fit in memory
+
+Adding a task is one module and one line in TASKS. Helpers shared by several tasks live in modules
+that are not registered (language_model.py).
 """
 
 from __future__ import annotations
@@ -33,6 +44,11 @@ from job.errors import ConfigError
 
 TASKS = {
     "text-classification": "job.tasks.text_classification",
+    "token-classification": "job.tasks.token_classification",
+    "seq2seq": "job.tasks.seq2seq",
+    "causal-lm": "job.tasks.causal_lm",
+    "masked-lm": "job.tasks.masked_lm",
+    "permutation-lm": "job.tasks.permutation_lm",
 }
 
 

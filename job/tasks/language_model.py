@@ -1,0 +1,150 @@
+"""What the three language-modeling tasks share (causal-lm, masked-lm, permutation-lm); not a task itself.
+
+The data is plain text in `data.text_column`. Training and validation text is tokenized, concatenated
+(each text ending with the tokenizer's end-of-text token where it has one, so documents stay apart)
+and cut into blocks of `data.max_length` tokens (the tokenizer's limit, at most 512, when unset): no
+padding is wasted and long documents are learned whole, as transformers' run_clm/run_mlm do. The
+last, shorter block of each tokenization batch is kept and padded in its batch.
+
+The test split is scored one row at a time instead (each truncated to one block), so that every
+prediction row is one input row: its id, its text, how many tokens were predicted and their mean loss
+and perplexity.
+
+Metrics: Trainer's `loss` and `perplexity`, exp of the mean negative log-likelihood over every
+predicted token (for masked-lm and permutation-lm only the masked tokens are predicted, so it is
+their pseudo-perplexity), and `predicted_tokens`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from itertools import chain
+from typing import Any, Iterator
+
+from job.data import ROW_ID, column_error, is_iterable
+from job.errors import DataError
+
+NO_TARGET = -1.0  # a position's loss when nothing is predicted there (a loss is never negative)
+
+
+@dataclass
+class Spec:
+    text_column: str
+
+
+def inspect(splits, cfg) -> Spec:
+    column = cfg.data.text_column
+    for split, ds in splits.items():
+        if ds.column_names and column not in ds.column_names:
+            raise column_error(column, ds, split, "data.text_column")
+    return Spec(column)
+
+
+def spec_from_model(model_config, cfg, rows) -> Spec:
+    return inspect({"input": rows}, cfg)
+
+
+def texts(split, cfg) -> Iterator[str]:
+    for row in split:
+        if row.get(cfg.data.text_column):
+            yield row[cfg.data.text_column]
+
+
+def model_kwargs(spec: Spec) -> dict[str, Any]:
+    return {}
+
+
+def block_size(tokenizer, cfg) -> int:
+    return cfg.data.max_length or min(tokenizer.model_max_length, 512)
+
+
+def preprocess(splits, tokenizer, cfg, spec: Spec, *, end_with_eos: bool, tokenizer_kwargs: dict | None = None):
+    """Train and validation as blocks; test a row at a time (see the module docstring)."""
+    size = block_size(tokenizer, cfg)
+    eos = tokenizer.eos_token_id if end_with_eos else None
+    options = tokenizer_kwargs or {}
+
+    def encode(batch, split: str):
+        texts = batch[spec.text_column]
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise DataError(f"row {batch[ROW_ID][i]} of the {split} split has no text", where="data.text_column")
+        if split == "test":
+            encoded = tokenizer(texts, truncation=True, max_length=size, **options)
+            if eos is not None:
+                encoded["input_ids"] = [ids + [eos] if len(ids) < size and ids[-1:] != [eos] else ids for ids in encoded["input_ids"]]
+            encoded = {key: encoded[key] for key in ("input_ids", *_extra_columns(options))}
+            encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
+            return encoded
+        encoded = tokenizer(texts, **options)
+        if eos is not None:
+            encoded["input_ids"] = [ids if ids[-1:] == [eos] else ids + [eos] for ids in encoded["input_ids"]]
+        columns = {key: list(chain.from_iterable(encoded[key])) for key in ("input_ids", *_extra_columns(options))}
+        total = len(columns["input_ids"])
+        blocks = {key: [values[i : i + size] for i in range(0, total, size)] for key, values in columns.items()}
+        blocks["length"] = [len(ids) for ids in blocks["input_ids"]]
+        return blocks
+
+    out = {}
+    for split, ds in splits.items():
+        keep = {ROW_ID} if split == "test" else set()  # a block is no one row: only test rows keep their ids
+        remove = [c for c in (ds.column_names or []) if c not in keep]
+        kwargs = {} if is_iterable(ds) else {"num_proc": cfg.data.num_proc, "desc": f"tokenize {split}"}
+        out[split] = ds.map(encode, batched=True, remove_columns=remove, fn_kwargs={"split": split}, **kwargs)
+    return out
+
+
+def _extra_columns(tokenizer_kwargs: dict) -> tuple[str, ...]:
+    wanted = {"return_special_tokens_mask": "special_tokens_mask", "return_offsets_mapping": "offset_mapping"}
+    return tuple(column for option, column in wanted.items() if tokenizer_kwargs.get(option))
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+
+def token_losses(logits, labels, *, shift: bool):
+    """Each position's negative log-likelihood of its target, NO_TARGET where there is none; computed
+    per batch so that only (rows x positions) floats are gathered, not the vocabulary-sized logits.
+    `shift`: a causal model's logits at position t predict the token at t + 1."""
+    import torch
+
+    if isinstance(logits, tuple):  # models that also return mems or caches
+        logits = logits[0]
+    losses = torch.full(labels.shape, NO_TARGET, dtype=torch.float32, device=labels.device)
+    if shift:
+        logits, targets, into = logits[:, :-1], labels[:, 1:], losses[:, 1:]
+    else:
+        targets, into = labels, losses
+    nll = torch.nn.functional.cross_entropy(
+        logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100, reduction="none"
+    ).view(targets.shape)
+    into.copy_(torch.where(targets != -100, nll, torch.full_like(nll, NO_TARGET)))
+    return losses
+
+
+def compute_metrics(eval_prediction, spec: Spec) -> dict[str, float]:
+    losses = eval_prediction.predictions
+    predicted = losses >= 0  # gathering pads rows with -100; NO_TARGET marks positions without a target
+    count = int(predicted.sum())
+    if count == 0:
+        return {"predicted_tokens": 0}
+    return {"perplexity": math.exp(float(losses[predicted].sum()) / count), "predicted_tokens": count}
+
+
+def report(predict_output, spec: Spec) -> dict[str, Any]:
+    return {}
+
+
+def prediction_rows(raw_test, predict_output, spec: Spec) -> Iterator[dict[str, Any]]:
+    losses = predict_output.predictions
+    for i, row in enumerate(raw_test):
+        predicted = losses[i][losses[i] >= 0]
+        mean = float(predicted.mean()) if len(predicted) else None
+        yield {
+            "id": row[ROW_ID],
+            "text": row[spec.text_column],
+            "predicted_tokens": int(len(predicted)),
+            "loss": round(mean, 6) if mean is not None else None,
+            "perplexity": round(math.exp(mean), 4) if mean is not None else None,
+        }
