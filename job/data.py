@@ -410,7 +410,7 @@ def _is_iterable(ds) -> bool:
 
 
 def _columns(ds) -> str:
-    return ", ".join(ds.column_names or []) or "unknown"
+    return ", ".join(c for c in ds.column_names or [] if c != ROW_ID) or "unknown"
 
 
 def column_error(column: str, ds, split: str, key: str) -> DataError:

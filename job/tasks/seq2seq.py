@@ -20,6 +20,7 @@ one) and `generated`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Iterator
 
 from job.data import ROW_ID, column_error, is_iterable
@@ -145,7 +146,17 @@ def collator(tokenizer, cfg, spec: Spec, pad_to_multiple_of: int | None):
     from transformers import DataCollatorForSeq2Seq
 
     # Labels are padded with -100 (ignored by the loss); the model shifts them into decoder inputs.
-    return DataCollatorForSeq2Seq(tokenizer, pad_to_multiple_of=pad_to_multiple_of)
+    return partial(_collate, padding=DataCollatorForSeq2Seq(tokenizer, pad_to_multiple_of=pad_to_multiple_of))
+
+
+def _collate(features: list[dict], padding) -> dict:
+    """DataCollatorForSeq2Seq's batch, less the `labels: None` it adds to rows without targets:
+    Seq2SeqTrainer takes the key for labels and runs the model without decoder inputs, which fails
+    (transformers 5.24), so an unlabelled test split could not be predicted."""
+    batch = padding(features)
+    if batch.get("labels") is None:
+        batch.pop("labels", None)
+    return batch
 
 
 # ---------------------------------------------------------------------------------------------- metrics

@@ -296,13 +296,14 @@ def report(predict_output, spec: Spec) -> dict[str, Any]:
     if spec.problem_type == "multi_label":
         predicted = (_sigmoid(predict_output.predictions) >= THRESHOLD).astype(int)
         gold = gold.astype(int)
-        matrix = multilabel_confusion_matrix(gold, predicted, labels=labels).tolist()  # per label: [[tn, fp], [fn, tp]]
+        # one [[tn, fp], [fn, tp]] per label, under its own name: it is no labels x labels matrix
+        matrices = {"multilabel_confusion_matrix": multilabel_confusion_matrix(gold, predicted, labels=labels).tolist()}
     else:
         predicted = predict_output.predictions.argmax(-1)
-        matrix = confusion_matrix(gold, predicted, labels=labels).tolist()
+        matrices = {"confusion_matrix": confusion_matrix(gold, predicted, labels=labels).tolist()}
     return {
         "labels": spec.label_names,
-        "confusion_matrix": matrix,
+        **matrices,
         "classification_report": classification_report(
             gold, predicted, labels=labels, target_names=spec.label_names, output_dict=True, zero_division=0
         ),
