@@ -19,7 +19,6 @@ import copy
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -147,11 +146,14 @@ def example_secrets(s3_server) -> dict[str, dict[str, str]]:
     return {secret["metadata"]["name"]: {key: values[key] for key in secret["stringData"]}}
 
 
-def output_location(objects: list[dict], job: dict) -> tuple[str, str]:
-    """(bucket, prefix) of output.uri in the config file the Job mounts."""
+def output_location(objects: list[dict], job: dict, s3_server) -> tuple[str, str]:
+    """(bucket, prefix) of output.uri in the config file the Job mounts; the bucket is made if missing."""
     volume = next(v for v in job["spec"]["template"]["spec"]["volumes"] if "configMap" in v)
     config = yaml.safe_load(find(objects, "ConfigMap", volume["configMap"]["name"])["data"]["config.yaml"])
     bucket, _, prefix = config["output"]["uri"].removeprefix("s3://").partition("/")
+    client = s3_server.client()
+    if bucket not in {b["Name"] for b in client.list_buckets()["Buckets"]}:
+        client.create_bucket(Bucket=bucket)
     return bucket, prefix
 
 
@@ -170,10 +172,8 @@ def fatal_exit_codes(job: dict) -> set[int]:
 @pytest.mark.slow
 def test_rendered_local_cpu_job_runs_in_the_image(cpu_image, local_cpu, s3_server, tmp_path, timings):
     job = find(local_cpu, "Job")
-    bucket, prefix = output_location(local_cpu, job)
+    bucket, prefix = output_location(local_cpu, job, s3_server)
     client = s3_server.client()
-    if bucket not in {b["Name"] for b in client.list_buckets()["Buckets"]}:
-        client.create_bucket(Bucket=bucket)
     pod = job_pod(job, local_cpu, example_secrets(s3_server))
     command = docker_run(job, pod, tmp_path, network="host", env_overrides={"AWS_ENDPOINT_URL": s3_server.endpoint})
 
@@ -209,32 +209,44 @@ def test_config_error_in_the_container_is_fatal_to_the_job(cpu_image, local_cpu,
 
 
 @pytest.mark.slow
-def test_sigterm_reaches_the_job_through_tini(cpu_image, local_cpu, s3_server, tmp_path):
-    """`docker stop` (as the kubelet) signals PID 1; tini must pass SIGTERM on, or the process would
-    only die by SIGKILL when the grace period ends (exit 137)."""
+def test_sigterm_saves_a_checkpoint_and_the_same_job_resumes(cpu_image, local_cpu, s3_server, tmp_path):
+    """`docker stop` signals PID 1 (tini) as the kubelet does; the job must get the SIGTERM, save and
+    upload a checkpoint within the pod's grace period, on a read-only root, and exit 10 (retried), not
+    be SIGKILLed when the grace period ends (137). A second pod of the same Job (so the same run id)
+    then resumes from that checkpoint and finishes."""
     job = renamed(find(local_cpu, "Job"), f"sigterm-{uuid.uuid4().hex[:6]}")
-    pod = job_pod(job, local_cpu, example_secrets(s3_server))
-    command = docker_run(job, pod, tmp_path, network="host", env_overrides={
-        "AWS_ENDPOINT_URL": s3_server.endpoint,
-        "FINETUNE_TRAINING__NUM_TRAIN_EPOCHS": "500",  # still training when the signal comes
-    })
+    bucket, prefix = output_location(local_cpu, job, s3_server)
+    overrides = {"AWS_ENDPOINT_URL": s3_server.endpoint, "FINETUNE_TRAINING__NUM_TRAIN_EPOCHS": "20"}
+    command = docker_run(job, job_pod(job, local_cpu, example_secrets(s3_server)), tmp_path, network="host",
+                         env_overrides=overrides)
     name = f"finetune-sigterm-{uuid.uuid4().hex[:8]}"
-    command = [*command[:2], "--detach", "--name", name, *command[2:]]
-    command.remove("--rm")  # keep the container to read its exit code
-    subprocess.run(command, check=True, capture_output=True, timeout=60)
+    detached = [*command[:2], "--detach", "--name", name, *command[2:]]
+    detached.remove("--rm")  # keep the container to read its exit code
+    subprocess.run(detached, check=True, capture_output=True, timeout=60)
     try:
         deadline = time.monotonic() + 300
-        while "step " not in subprocess.run(["docker", "logs", name], capture_output=True, text=True).stderr:
-            assert time.monotonic() < deadline, "no training step logged in 300 s"
+        while "step " not in (logs := subprocess.run(["docker", "logs", name], capture_output=True, text=True).stderr):
+            running = subprocess.run(["docker", "inspect", "-f", "{{.State.Running}}", name], capture_output=True, text=True)
+            assert running.stdout.strip() == "true", f"the job ended before training:\n{logs[-3000:]}"
+            assert time.monotonic() < deadline, f"no training step logged in 300 s:\n{logs[-3000:]}"
             time.sleep(1)
-        subprocess.run(["docker", "stop", "--time", "60", name], check=True, capture_output=True, timeout=120)
+        # No --time: the container's stop timeout is the pod's terminationGracePeriodSeconds (tests/kube.py).
+        subprocess.run(["docker", "stop", name], check=True, capture_output=True, timeout=400)
         state = json.loads(subprocess.run(["docker", "inspect", "-f", "{{json .State}}", name],
                                           capture_output=True, text=True, check=True).stdout)
+        logs = subprocess.run(["docker", "logs", name], capture_output=True, text=True).stderr
     finally:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True)
-    # 10: the job saved a checkpoint and stopped; 128+15: killed by the SIGTERM it received, while the
-    # job has no handler of its own. Either way the signal arrived; 137 would mean it never did.
-    assert state["ExitCode"] in {errors.EXIT_INTERRUPTED, 128 + signal.SIGTERM}, state
+    assert state["ExitCode"] == errors.EXIT_INTERRUPTED, f"{state}\n{logs[-3000:]}"
+    assert errors.EXIT_INTERRUPTED not in fatal_exit_codes(job)  # so Kubernetes starts another pod
+    run = f"{prefix}/{job['metadata']['name']}"
+    keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=bucket, Prefix=f"{run}/checkpoints/").get("Contents", [])]
+    assert any(key.endswith("/_SUCCESS") for key in keys), keys  # a complete checkpoint
+
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from checkpoint-" in resumed.stderr
+    s3_server.client().head_object(Bucket=bucket, Key=f"{run}/_SUCCESS")
 
 
 @pytest.mark.slow
