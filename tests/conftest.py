@@ -76,12 +76,10 @@ def _weed() -> str:
     return found
 
 
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory) -> S3Server:
-    """SeaweedFS serving S3 on 127.0.0.1 with real SigV4 auth, for the whole session."""
-    if _port_open(S3_PORT):
-        pytest.fail(f"port {S3_PORT} is taken; stop the other S3 server or set TEST_S3_PORT")
-    base = tmp_path_factory.mktemp("seaweedfs")
+def start_s3(base: Path, port: int, ip: str = "127.0.0.1") -> tuple[S3Server, subprocess.Popen]:
+    """Start `weed mini` serving S3 on ip:port (SigV4 enforced) with its data under `base`."""
+    if _port_open(port, ip):
+        pytest.fail(f"port {port} is taken; stop the other S3 server or set TEST_S3_PORT")
     identities = {
         "identities": [
             {
@@ -93,37 +91,46 @@ def s3_server(tmp_path_factory) -> S3Server:
     }
     (base / "s3.json").write_text(json.dumps(identities))
     log = base / "weed.log"
-    bind = os.environ.get("TEST_S3_BIND", "127.0.0.1")  # the container tests bind the docker bridge too
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [_weed(), "mini", f"-dir={base / 'data'}", "-ip=127.0.0.1", f"-ip.bind={bind}",
-             f"-s3.port={S3_PORT}", f"-s3.config={base / 's3.json'}", *_side_ports(S3_PORT),
+            [_weed(), "mini", f"-dir={base / 'data'}", f"-ip={ip}", f"-ip.bind={ip}",
+             f"-s3.port={port}", f"-s3.config={base / 's3.json'}", *_side_ports(port),
              "-master.telemetry=false", "-s3.port.iceberg=0", "-s3.port.lance=0"],
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    server = S3Server(f"http://127.0.0.1:{S3_PORT}", ACCESS_KEY, SECRET_KEY, log)
+    server = S3Server(f"http://{ip}:{port}", ACCESS_KEY, SECRET_KEY, log)
     deadline = time.monotonic() + 60
     while True:
         if proc.poll() is not None:
             pytest.fail(f"weed exited with {proc.returncode}: {log.read_text()[-2000:]}")
-        if _port_open(S3_PORT):
+        if _port_open(port, ip):
             try:
                 server.client().list_buckets()
-                break
+                return server, proc
             except Exception:
                 pass
         if time.monotonic() > deadline:
-            proc.kill()
+            stop_s3(proc)
             pytest.fail(f"S3 server not ready after 60 s: {log.read_text()[-2000:]}")
         time.sleep(0.2)
-    yield server
+
+
+def stop_s3(proc: subprocess.Popen) -> None:
     os.killpg(proc.pid, 15)
     try:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, 9)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory) -> S3Server:
+    """SeaweedFS serving S3 on 127.0.0.1 with real SigV4 auth, for the whole session."""
+    server, proc = start_s3(tmp_path_factory.mktemp("seaweedfs"), S3_PORT)
+    yield server
+    stop_s3(proc)
 
 
 @pytest.fixture

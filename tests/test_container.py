@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, S3_PORT, start_s3, stop_s3
 from job import errors
 from kube import K8S, Pod, docker_run, find, job_pod, kubectl, render
 
@@ -247,6 +247,62 @@ def test_sigterm_saves_a_checkpoint_and_the_same_job_resumes(cpu_image, local_cp
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from checkpoint-" in resumed.stderr
     s3_server.client().head_object(Bucket=bucket, Key=f"{run}/_SUCCESS")
+
+
+@pytest.mark.slow
+def test_multinode_job_runs_as_two_containers_named_like_its_pods(cpu_image, local_cpu, tmp_path, timings):
+    """The multinode overlay's Indexed Job as two containers on one docker network, each with the
+    hostname and DNS name its pod gets from the headless Service (<job>-<index>.<service>): rank 1
+    finds rank 0 through MASTER_ADDR exactly as in the cluster, and the pair trains with world size 2.
+
+    Only what the GPU overlay adds is swapped out: the image and config become local-cpu's and the GPU
+    limit goes (no GPU here). S3 is a second server bound to the network's gateway, the one address on
+    this host both the containers and the test can reach."""
+    objects = copy.deepcopy(render(K8S / "overlays" / "multinode"))
+    job, service = find(objects, "Job"), find(objects, "Service")
+    name, pod_spec = job["metadata"]["name"], job["spec"]["template"]["spec"]
+    assert pod_spec["subdomain"] == service["metadata"]["name"] and service["spec"]["clusterIP"] == "None"
+    container = pod_spec["containers"][0]
+    container["image"] = cpu_image
+    container["resources"] = find(local_cpu, "Job")["spec"]["template"]["spec"]["containers"][0]["resources"]
+    mounted = next(v for v in pod_spec["volumes"] if "configMap" in v)["configMap"]["name"]
+    local_config = next(v for v in find(local_cpu, "Job")["spec"]["template"]["spec"]["volumes"] if "configMap" in v)
+    find(objects, "ConfigMap", mounted)["data"] = find(local_cpu, "ConfigMap", local_config["configMap"]["name"])["data"]
+
+    network = f"finetune-multinode-{uuid.uuid4().hex[:6]}"
+    subprocess.run(["docker", "network", "create", network], check=True, capture_output=True)
+    names, s3 = [], None
+    try:
+        gateway = json.loads(subprocess.run(["docker", "network", "inspect", network], capture_output=True, text=True,
+                                            check=True).stdout)[0]["IPAM"]["Config"][0]["Gateway"]
+        (tmp_path / "s3").mkdir()
+        server, s3 = start_s3(tmp_path / "s3", S3_PORT + 10, ip=gateway)  # clear of the main server's ports
+        bucket, prefix = output_location(objects, job, server)
+        secrets = example_secrets(server)
+        started, procs = time.monotonic(), []
+        for index in range(job["spec"]["completions"]):
+            workdir = tmp_path / f"pod-{index}"
+            workdir.mkdir()
+            command = docker_run(job, job_pod(job, objects, secrets, index=index), workdir, network=network,
+                                 env_overrides={"AWS_ENDPOINT_URL": server.endpoint})
+            names.append(f"{name}-{index}-{uuid.uuid4().hex[:6]}")
+            dns = ["--name", names[-1], "--hostname", f"{name}-{index}", "--network-alias", f"{name}-{index}.{service['metadata']['name']}"]
+            procs.append(subprocess.Popen([*command[:2], *dns, *command[2:]], stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True))
+        results = [p.communicate(timeout=900) for p in procs]
+        timings["multinode Job as 2 containers, s"] = time.monotonic() - started
+        assert [p.returncode for p in procs] == [0, 0], "\n---\n".join(r[1][-3000:] for r in results)
+        assert "node 1 of 2, 1 worker(s) here, world size 2, rendezvous " f"{name}-0.{name}:29500" in results[1][1]
+        run = f"{prefix}/{name}"
+        metrics = json.loads(server.client().get_object(Bucket=bucket, Key=f"{run}/metrics.json")["Body"].read())
+        assert metrics["world_size"] == 2
+        server.client().head_object(Bucket=bucket, Key=f"{run}/_SUCCESS")
+    finally:
+        for container_name in names:
+            subprocess.run(["docker", "rm", "-f", container_name], capture_output=True)
+        if s3 is not None:
+            stop_s3(s3)
+        subprocess.run(["docker", "network", "rm", network], capture_output=True)
 
 
 @pytest.mark.slow
