@@ -47,6 +47,14 @@ def join(*parts: str) -> str:
 # ---------------------------------------------------------------------------------------------- local
 
 
+def _file_mode() -> int:
+    """What open() would give a new file under this process's umask (mkstemp's 0600 is too strict
+    for outputs other users or containers read)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 class LocalStore:
     """A directory; every write lands under a temporary name and is renamed into place (atomic)."""
 
@@ -141,6 +149,7 @@ class LocalStore:
             raise StorageError(f"cannot write ({exc.strerror or exc})", where=str(target)) from exc
         try:
             yield tmp
+            os.chmod(tmp, _file_mode())
             os.replace(tmp, target)
         except OSError as exc:
             raise StorageError(f"cannot write ({exc.strerror or exc})", where=str(target)) from exc
