@@ -121,7 +121,7 @@ class ScheduleConfig:
 
 @dataclass
 class TaskConfig:
-    name: str = _setting("text-classification", "The kind of fine-tuning; see `finetune-job tasks`.")
+    name: str = _setting("text-classification", "The kind of fine-tuning: a name in job/tasks/ TASKS (README: Tasks).")
     settings: Any = None  # the task module's own Settings dataclass, filled in by load()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -38,16 +39,26 @@ def test_every_config_starts_with_the_command_that_runs_it_and_loads(path):
 @pytest.mark.slow
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared is not present")
 @pytest.mark.parametrize("path", TINY, ids=lambda p: p.stem)
-def test_every_tiny_config_runs(path, tmp_path):
-    sets = [a for s in (*SMOKE, f"output.uri={tmp_path}") for a in ("--set", s)]
-    proc = run_cli("run", "--config", str(path), *sets, env=base_env(FINETUNE_RUN_ID="smoke"), cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    run_dir = tmp_path / "smoke"
-    assert (run_dir / "_SUCCESS").is_file()
-    rows = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
-    assert [row["id"] for row in rows] == list(range(len(rows))) and rows
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+def test_every_tiny_config_runs_and_repeats_itself_exactly(path, tmp_path):
+    """Twice: the same config gives the same weights and predictions (masks, spans and generation
+    included), as for text-classification."""
+    runs = {}
+    for run_id in ("a", "b"):
+        sets = [a for s in (*SMOKE, f"output.uri={tmp_path}") for a in ("--set", s)]
+        proc = run_cli("run", "--config", str(path), *sets, env=base_env(FINETUNE_RUN_ID=run_id), cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[run_id] = tmp_path / run_id
+        assert (runs[run_id] / "_SUCCESS").is_file()
+    rows = [json.loads(line) for line in (runs["a"] / "predictions.jsonl").read_text().splitlines()]
+    assert rows and [row["id"] for row in rows] == list(range(len(rows)))
+    metrics = json.loads((runs["a"] / "metrics.json").read_text())
     assert "test_loss" in metrics and "eval_loss" in metrics
+    for name in ("model/model.safetensors", "predictions.jsonl"):
+        assert _sha(runs["a"] / name) == _sha(runs["b"] / name), name
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _task(path: Path) -> str:

@@ -3,8 +3,9 @@
 A task module provides (no base class; the recipe in job/run.py calls these names):
 
     Settings                 dataclass of the task's own `task:` settings (validated with the config)
-    MODEL_CLASS              name of the transformers Auto class that builds or loads the model
-    BUILTIN_MODEL            the builtin:* model its tiny offline default uses
+    MODEL_CLASS              name of the transformers class (an Auto class where one fits) that builds
+                             or loads the model
+    BUILTIN_MODEL            the builtin:* model the task trains when `model.name` is left out
     inspect(splits, cfg)     check the columns and labels of the raw splits -> `spec`, everything the
                              later steps need to know about the data (label names, which splits have
                              gold labels); raises DataError naming the column or label
@@ -13,8 +14,9 @@ A task module provides (no base class; the recipe in job/run.py calls these name
     texts(split, cfg)        an iterator of strings, to train a builtin model's tokenizer
     model_kwargs(spec)       config keyword arguments for the model (e.g. num_labels, id2label)
     preprocess(splits, tokenizer, cfg, spec)
-                             tokenized splits with a `length` column and data.ROW_ID kept, done once
-                             with batched map
+                             tokenized splits with a `length` column, done once with batched map; the
+                             test split keeps data.ROW_ID, one feature row per input row (language
+                             models cut training text into blocks that are no one row)
     collator(tokenizer, cfg, spec, pad_to_multiple_of)
     compute_metrics(eval_prediction, spec) -> dict of floats (Trainer adds eval_/test_ prefixes)
     report(predict_output, spec) -> dict of non-scalar test metrics (confusion matrix, per-class report)

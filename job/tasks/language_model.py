@@ -72,8 +72,9 @@ def preprocess(splits, tokenizer, cfg, spec: Spec, *, end_with_eos: bool, tokeni
                 raise DataError(f"row {batch[ROW_ID][i]} of the {split} split has no text", where="data.text_column")
         if split == "test":
             encoded = tokenizer(texts, truncation=True, max_length=size, **options)
-            if eos is not None:
-                encoded["input_ids"] = [ids + [eos] if len(ids) < size and ids[-1:] != [eos] else ids for ids in encoded["input_ids"]]
+            if eos is not None:  # where there is room: the row was cut otherwise
+                ended = lambda ids: ids[-1:] == [eos] or len(ids) == size  # noqa: E731
+                encoded["input_ids"] = [ids if ended(ids) else ids + [eos] for ids in encoded["input_ids"]]
             encoded = {key: encoded[key] for key in ("input_ids", *_extra_columns(options))}
             encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
             return encoded

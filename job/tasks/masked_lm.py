@@ -12,8 +12,8 @@ at a time (see language_model.py). Settings:
   the tokenizer's offsets (a fast tokenizer); chosen words are always replaced by the mask token.
 
 Masks are drawn afresh for each batch from torch's generator, which Trainer seeds with training.seed
-and saves in checkpoints: the same config masks the same tokens, and a resumed run goes on from there. Metrics: loss and the perplexity of
-the masked tokens. Predictions: each test row's masked-token loss.
+and saves in checkpoints: the same config masks the same tokens, and a resumed run goes on from there.
+Metrics: loss and the perplexity of the masked tokens. Predictions: each test row's masked-token loss.
 """
 
 from __future__ import annotations

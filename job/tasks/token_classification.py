@@ -233,15 +233,15 @@ def compute_metrics(eval_prediction, spec: Spec) -> dict[str, float]:
     table = classification_report(gold, predicted, output_dict=True, zero_division=0)
     overall = table["micro avg"]  # entity level, over every type: the usual NER score
     metrics = {
-        "precision": float(overall["precision"]),
-        "recall": float(overall["recall"]),
-        "f1": float(overall["f1-score"]),
-        "accuracy": float(accuracy_score(gold, predicted)),
+        "precision": overall["precision"],
+        "recall": overall["recall"],
+        "f1": overall["f1-score"],
+        "accuracy": accuracy_score(gold, predicted),
     }
-    for kind, scores in table.items():
+    for kind, scores in table.items():  # the entity types, and seqeval's averages over them
         if not kind.endswith(" avg"):
-            metrics.update({f"{name}_{kind}": float(scores[key]) for name, key in (("precision", "precision"), ("recall", "recall"), ("f1", "f1-score"))})
-    return metrics
+            metrics.update({f"precision_{kind}": scores["precision"], f"recall_{kind}": scores["recall"], f"f1_{kind}": scores["f1-score"]})
+    return {name: float(value) for name, value in metrics.items()}  # numpy floats are no JSON
 
 
 def report(predict_output, spec: Spec) -> dict[str, Any]:
@@ -251,7 +251,8 @@ def report(predict_output, spec: Spec) -> dict[str, Any]:
         return {}
     gold, predicted = _sequences(predict_output.predictions, predict_output.label_ids, spec)
     table = classification_report(gold, predicted, output_dict=True, zero_division=0)
-    return {"classification_report": {kind: {key: float(value) for key, value in scores.items()} for kind, scores in table.items()}}
+    table = {kind: {key: float(value) for key, value in scores.items()} for kind, scores in table.items()}  # JSON: no numpy
+    return {"classification_report": table}
 
 
 def prediction_rows(raw_test, predict_output, spec: Spec) -> Iterator[dict[str, Any]]:
