@@ -62,8 +62,11 @@ def block_size(tokenizer, cfg) -> int:
 def preprocess(splits, tokenizer, cfg, spec: Spec, *, end_with_eos: bool, tokenizer_kwargs: dict | None = None):
     """Train and validation as blocks; test a row at a time (see the module docstring)."""
     size = block_size(tokenizer, cfg)
-    eos = tokenizer.eos_token_id if end_with_eos else None
+    eos = tokenizer.eos_token_id if end_with_eos else None  # (causal-lm asks for no extra columns to extend)
     options = tokenizer_kwargs or {}
+
+    def ended(ids: list[int], room: bool) -> list[int]:
+        return ids if ids[-1:] == [eos] or not room else ids + [eos]
 
     def encode(batch, split: str):
         texts = batch[spec.text_column]
@@ -72,15 +75,14 @@ def preprocess(splits, tokenizer, cfg, spec: Spec, *, end_with_eos: bool, tokeni
                 raise DataError(f"row {batch[ROW_ID][i]} of the {split} split has no text", where="data.text_column")
         if split == "test":
             encoded = tokenizer(texts, truncation=True, max_length=size, **options)
-            if eos is not None:  # where there is room: the row was cut otherwise
-                ended = lambda ids: ids[-1:] == [eos] or len(ids) == size  # noqa: E731
-                encoded["input_ids"] = [ids if ended(ids) else ids + [eos] for ids in encoded["input_ids"]]
+            if eos is not None:  # where there is room: a row of a whole block was cut short
+                encoded["input_ids"] = [ended(ids, room=len(ids) < size) for ids in encoded["input_ids"]]
             encoded = {key: encoded[key] for key in ("input_ids", *_extra_columns(options))}
             encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
             return encoded
         encoded = tokenizer(texts, **options)
         if eos is not None:
-            encoded["input_ids"] = [ids if ids[-1:] == [eos] else ids + [eos] for ids in encoded["input_ids"]]
+            encoded["input_ids"] = [ended(ids, room=True) for ids in encoded["input_ids"]]
         columns = {key: list(chain.from_iterable(encoded[key])) for key in ("input_ids", *_extra_columns(options))}
         total = len(columns["input_ids"])
         blocks = {key: [values[i : i + size] for i in range(0, total, size)] for key, values in columns.items()}
