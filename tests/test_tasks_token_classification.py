@@ -141,9 +141,11 @@ def test_json_rows_label_all_sub_words_and_predict(tmp_path):
 @pytest.mark.skipif(not WNUT.is_dir(), reason="../shared is not present")
 def test_wnut17_ner_with_the_tiny_config(tmp_path):
     """The tiny config end to end on WNUT-17: HF's label order, entity-level scores per type, one prediction
-    per test sentence with its words. (A 2-layer model trained from scratch finds next to none of WNUT's
-    rare, emerging entities: the score is reported, not bounded; the JSON test above bounds it.)"""
-    sets = ["--set", f"output.uri={tmp_path}", "--set", "training.num_train_epochs=1"]
+    per test sentence with its words. A 2-layer model trained from scratch finds few of WNUT's rare,
+    emerging entities (test F1 about 0.04), but it finds some."""
+    from seqeval.metrics import f1_score
+
+    sets = ["--set", f"output.uri={tmp_path}"]
     run_cli("run", "--config", str(TINY_CONFIG), *sets, env=base_env(FINETUNE_RUN_ID="wnut"), cwd=ROOT, check=True)
     run_dir = tmp_path / "wnut"
     model_cfg = json.loads((run_dir / "model" / "config.json").read_text())
@@ -161,4 +163,7 @@ def test_wnut17_ner_with_the_tiny_config(tmp_path):
     first = (WNUT / "emerging.test.annotated").read_text().split("\n\n")[0].splitlines()
     assert [(w, t) for w, t in zip(predictions[0]["tokens"], predictions[0]["tags"])] == [tuple(line.split("\t")) for line in first]
     assert all(len(p["predicted"]) == len(p["tokens"]) for p in predictions)
+    assert metrics["test_f1"] > 0.01 and metrics["test_precision"] > 0.05
+    # The rows' tags give the metric's F1 again (no sentence is longer than 512 sub-words).
+    assert f1_score([p["tags"] for p in predictions], [p["predicted"] for p in predictions]) == pytest.approx(metrics["test_f1"])
     print(f"WNUT-17 test entity F1 {metrics['test_f1']:.4f} (P {metrics['test_precision']:.4f}, R {metrics['test_recall']:.4f})")
