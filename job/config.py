@@ -104,7 +104,11 @@ class DistributedConfig:
 @dataclass
 class PromotionConfig:
     mode: str = _setting("auto", "auto: promote when the run beats the champion; never; always.")
-    metric: str = _setting("test_f1", "test_* or eval_* metric both models are scored on; *loss is better when lower.")
+    metric: str = _setting(
+        "test_f1",
+        "test_* or eval_* metric both models are scored on (default: the task's: test_f1, test_bleu or "
+        "test_perplexity); *loss and *perplexity are better when lower.",
+    )
     min_delta: float | str = _setting(0.0, "Least improvement that promotes: absolute (0.01) or relative ('1%').")
 
 
@@ -196,6 +200,8 @@ def load(path: str | None = None, sets: tuple[str, ...] = (), *, use_env: bool =
     task_module = tasks.get(task_name)  # ConfigError with a hint when unknown
     # Without a model.name, each task trains its own tiny offline default (a builtin of its family).
     merged.setdefault("model", {}).setdefault("name", task_module.BUILTIN_MODEL)
+    # ... and without a promotion.metric, the promotion gate compares the task's headline score.
+    merged.setdefault("promotion", {}).setdefault("metric", task_module.PROMOTION_METRIC)
 
     cfg = JobConfig(
         run_id=_typed(merged.get("run_id"), str | None, "run_id", sources),

@@ -20,7 +20,6 @@ champion in between, the gate scores that one too and decides again.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -60,7 +59,7 @@ class Decision:
 
 
 def lower_is_better(metric: str) -> bool:
-    return metric.endswith("loss")  # TrainingArguments.greater_is_better's rule
+    return metric.endswith(("loss", "perplexity"))  # TrainingArguments.greater_is_better's rule, and perplexity
 
 
 def required_gain(min_delta: float | str, champion_score: float) -> float:
@@ -91,18 +90,24 @@ def judge(mode: str, metric: str, min_delta, candidate: float | None, champion_s
 class Gate:
     """Scores champions on this run's data (each run at most once) and decides."""
 
-    def __init__(self, cfg, store, run_id: str, score: Callable[[str], float | None]):
+    def __init__(self, cfg, store, run_id: str, score: Callable[[str], float | None], workers: int = 1):
         self.settings = cfg.promotion
         self.store = store
         self.run_id = run_id
         self.score = score  # run id -> that run's model's `promotion.metric` on this run's rows
         self.scores: dict[str, tuple[float | None, str | None]] = {}
+        self.workers = workers  # scoring needs them all; set to 1 once the others have finished
+        self.can_score = True
+
+    def workers_finished(self) -> None:
+        """Only the first worker goes on (to publish): a multi-worker run can score no other champion."""
+        self.can_score = self.workers == 1
 
     def decide(self, metrics: dict, pointer: dict | None | str = "read") -> Decision:
         """Decide against `pointer` (the current champion, read from storage by default)."""
         s = self.settings
         if pointer == "read":
-            pointer = champion.read(self.store)[0]
+            pointer = _from_first_worker(lambda: champion.read(self.store)[0])
         value = metrics.get(s.metric)
         decision = Decision(False, "", s.metric, float(value) if isinstance(value, (int, float)) else None)
         if pointer is not None and pointer["run_id"] != self.run_id:
@@ -141,6 +146,8 @@ class Gate:
         if run_id not in self.scores:
             if storage.read_manifest(self.store, run_id) is None:
                 self.scores[run_id] = None, "gone: its run has no _SUCCESS"
+            elif not self.can_score:
+                return None, "it became champion after this run's workers had finished, and scoring needs them all"
             else:
                 try:
                     self.scores[run_id] = self.score(run_id), None
@@ -158,8 +165,11 @@ class Gate:
 
 def evaluator(cfg, store, task, spec, raw, args) -> Callable[[str], float | None]:
     """score(run_id): that run's model evaluated on this run's rows (test for test_*, validation for
-    eval_*) with the run's batch size, device and precision. A plain loop rather than a Trainer, so it
-    runs on the first worker alone (after the others have finished) without any collective call."""
+    eval_*) by a Trainer on the run's own arguments, so with the task's hooks (generation, shrunk
+    language-model logits), batch size, device and precision. In a multi-worker run every worker
+    must call it together, as the evaluation is distributed."""
+    from job import training
+
     metric = cfg.promotion.metric
     split, prefix = ("test", "test") if metric.startswith("test_") else ("validation", "eval")
 
@@ -168,9 +178,9 @@ def evaluator(cfg, store, task, spec, raw, args) -> Callable[[str], float | None
             store.download(storage.join(run_id, "model"), Path(tmp))
             tokenizer, model = _load(Path(tmp), cfg, task, spec, run_id)
             features = task.preprocess({split: raw[split]}, tokenizer, cfg, spec)[split]
-            collator = task.collator(tokenizer, cfg, spec, pad_to_multiple_of=None)
-            scores = _evaluate(model, features, collator, args, lambda p: task.compute_metrics(p, spec))
-        value = {f"{prefix}_{k}": v for k, v in scores.items()}.get(metric)
+            collator = task.collator(tokenizer, cfg, spec, pad_to_multiple_of=8 if training.on_gpu() else None)
+            scorer = training.evaluator(cfg, args, model, tokenizer, collator, lambda p: task.compute_metrics(p, spec), features)
+            value = scorer.predict(features, metric_key_prefix=prefix).metrics.get(metric)
         if not isinstance(value, (int, float)):
             raise Incomparable(f"its evaluation gives no {metric}")
         log.info("promotion: champion %s scores %s %s on this run's %s rows", run_id, metric, value, split)
@@ -195,34 +205,12 @@ def _load(model_dir: Path, cfg, task, spec, run_id: str):
     return tokenizer, model
 
 
-def _evaluate(model, features, collator, args, compute_metrics) -> dict:
-    """Trainer.predict's numbers, in dataset order: mean loss per row, and compute_metrics over the
-    logits (padded across batches with -100, as Trainer does)."""
-    import torch
-    from torch.utils.data import DataLoader
-    from transformers import EvalPrediction
-    from transformers.trainer_pt_utils import nested_concat
+def _from_first_worker(read: Callable):
+    """`read()` on the first worker, its result handed to every worker (they must score the same run)."""
+    import torch.distributed as dist
 
-    accepted = set(inspect.signature(model.forward).parameters) | {"labels"}
-    features = features.remove_columns([c for c in features.column_names if c not in accepted])
-    loader = DataLoader(features, batch_size=args.per_device_eval_batch_size, collate_fn=collator)
-    device = args.device
-    model.to(device).eval()
-    logits = labels = None
-    loss_sum, rows = 0.0, 0
-    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(args.bf16)):
-        for batch in loader:
-            batch = {k: v.to(device) for k, v in batch.items()}
-            out = model(**batch)
-            size = len(batch["input_ids"])
-            if out.loss is not None:
-                loss_sum, rows = loss_sum + out.loss.item() * size, rows + size
-            step_logits = out.logits.float().cpu()
-            logits = step_logits if logits is None else nested_concat(logits, step_logits)
-            if "labels" in batch:
-                step_labels = batch["labels"].cpu()
-                labels = step_labels if labels is None else nested_concat(labels, step_labels)
-    scores = compute_metrics(EvalPrediction(predictions=logits.numpy(), label_ids=labels.numpy())) if labels is not None else {}
-    if rows:
-        scores["loss"] = loss_sum / rows
-    return scores
+    if not (dist.is_available() and dist.is_initialized()):
+        return read()
+    box = [read() if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

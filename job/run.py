@@ -115,14 +115,17 @@ def run(cfg: JobConfig, log_format: str = "text") -> RunResult:
         "wall_seconds": round(time.monotonic() - started, 2),
     }
 
+    # Gate: score the current champion on this run's own evaluation rows (a changed test set cannot
+    # fake a win) and decide; the decision and both scores go into metrics.json (job/promotion.py).
+    # Every worker takes part: scoring is a distributed evaluation too.
+    gate = promotion.Gate(cfg, store, run_id, promotion.evaluator(cfg, store, task, spec, raw, args), args.world_size)
+    decision = gate.decide(metrics)
+    metrics.update(decision.metrics())
+
     # 5. Stage every output locally, then publish with _SUCCESS last (the first worker only).
     if not trainer.is_world_process_zero():
         return RunResult(run_id, store.url(run_id), metrics)
-    # Gate: score the current champion on this run's own evaluation rows (a changed test set cannot
-    # fake a win) and decide; the decision and both scores go into metrics.json (job/promotion.py).
-    gate = promotion.Gate(cfg, store, run_id, promotion.evaluator(cfg, store, task, spec, raw, args))
-    decision = gate.decide(metrics)
-    metrics.update(decision.metrics())
+    gate.workers_finished()
     stage = work / "stage"
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir(parents=True)

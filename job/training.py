@@ -109,11 +109,21 @@ def predictor(cfg: JobConfig, model, tokenizer, collator, batch_size: int, outpu
         dataloader_pin_memory=on_gpu(),
         **(task.training_defaults(cfg) if hasattr(task, "training_defaults") else {}),
     )
+    return evaluator(cfg, args, model, tokenizer, collator)
+
+
+def evaluator(cfg: JobConfig, args, model, tokenizer, collator, compute_metrics=None, eval_dataset=None):
+    """A Trainer that only evaluates or predicts, with the task's trainer class and hooks (generation
+    for seq2seq, logits shrunk for language models). Given a run's own arguments it evaluates on all
+    of the run's workers, as the promotion gate does with the champion's model."""
+    task = tasks.get(cfg.task.name)
     return _trainer_class(task)(
         model=model,
         args=args,
         processing_class=tokenizer,
         data_collator=collator,
+        eval_dataset=eval_dataset,  # Trainer wants one when the run's arguments evaluate every epoch
+        compute_metrics=compute_metrics,
         preprocess_logits_for_metrics=getattr(task, "preprocess_logits_for_metrics", None),
     )
 
@@ -144,13 +154,16 @@ def _trainer_class(task):
             return super()._get_train_sampler(dataset)
 
         def evaluation_loop(self, *args, **kwargs):
-            # Evaluation draws from the global RNG (each DataLoader iterator takes a seed from it).
-            # Keep it out of training's RNG stream, so a run resumed from a checkpoint continues
-            # with the same dropout masks as one that never stopped.
+            # Evaluation draws from the global RNG (each DataLoader iterator takes a seed from it, the
+            # masked-LM collator its masks). Keep that out of training's RNG stream, so a resumed run
+            # continues with the same dropout masks as one that never stopped; and start it from the
+            # seed, so the same rows always get the same masks: two models (the promotion gate's
+            # candidate and champion) are then scored on exactly the same task.
             import torch
 
             devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
             with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(self.args.seed)
                 return super().evaluation_loop(*args, **kwargs)
 
         def _get_eval_sampler(self, eval_dataset):

@@ -92,6 +92,9 @@ def test_two_workers_agree_with_one(s3_server, bucket, s3env, tmp_path):
     assert m2["train_loss"] == pytest.approx(m1["train_loss"], rel=0.35), (m1["train_loss"], m2["train_loss"])
     # Stated tolerance: 6 of the 60 test examples (the batches are composed differently).
     assert abs(m2["test_accuracy"] - m1["test_accuracy"]) <= 0.1 + 1e-9, (m1["test_accuracy"], m2["test_accuracy"])
+    # Run "one" became champion; the two workers scored its model together on their own test rows.
+    assert m2["promotion_champion_run"] == "one"
+    assert m2["promotion_champion"] == pytest.approx(m1["test_f1"], abs=0.02)
     rows = [json.loads(line) for line in _get(client, bucket, "runs/two/predictions.jsonl").decode().split("\n") if line]
     assert [r["id"] for r in rows] == list(range(60))  # every test example exactly once, in order
 

@@ -55,6 +55,11 @@ def test_every_tiny_config_runs_and_repeats_itself_exactly(path, tmp_path):
     assert "test_loss" in metrics and "eval_loss" in metrics
     for name in ("model/model.safetensors", "predictions.jsonl"):
         assert _sha(runs["a"] / name) == _sha(runs["b"] / name), name
+    # Run b's promotion gate scored run a's model (the champion by then) on b's rows with the task's
+    # own evaluation (generation, perplexity...): the same weights and rows, so a's own score.
+    second = json.loads((runs["b"] / "metrics.json").read_text())
+    assert second["promotion_champion_run"] == "a", second["promotion_reason"]
+    assert second["promotion_champion"] == pytest.approx(metrics[second["promotion_metric"]], rel=1e-6)
 
 
 def _sha(path: Path) -> str:

@@ -6,6 +6,7 @@ A task module provides (no base class; the recipe in job/run.py calls these name
     MODEL_CLASS              name of the transformers class (an Auto class where one fits) that builds
                              or loads the model
     BUILTIN_MODEL            the builtin:* model the task trains when `model.name` is left out
+    PROMOTION_METRIC         the metric the promotion gate compares when `promotion.metric` is left out
     inspect(splits, cfg)     check the columns and labels of the raw splits -> `spec`, everything the
                              later steps need to know about the data (label names, which splits have
                              gold labels); raises DataError naming the column or label

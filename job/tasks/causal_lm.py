@@ -23,6 +23,7 @@ from job.tasks.language_model import (  # noqa: F401  the interface functions al
 
 MODEL_CLASS = "AutoModelForCausalLM"
 BUILTIN_MODEL = "builtin:tiny-gpt"
+PROMOTION_METRIC = "test_perplexity"  # what the promotion gate compares unless promotion.metric says
 
 
 @dataclass

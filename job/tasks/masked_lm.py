@@ -29,6 +29,7 @@ from job.tasks.language_model import (  # noqa: F401  the interface functions al
 
 MODEL_CLASS = "AutoModelForMaskedLM"
 BUILTIN_MODEL = "builtin:tiny-bert"
+PROMOTION_METRIC = "test_perplexity"  # what the promotion gate compares unless promotion.metric says
 
 _COLLATED = ("input_ids", "attention_mask", "token_type_ids", "special_tokens_mask", "offset_mapping")
 _RESAMPLES = 100  # a lone one-word row is left unmasked 85% of the time

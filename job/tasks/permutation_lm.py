@@ -25,6 +25,7 @@ from job.tasks.language_model import (  # noqa: F401  the interface functions al
 
 MODEL_CLASS = "XLNetLMHeadModel"  # the only model with two-stream attention (perm_mask, target_mapping)
 BUILTIN_MODEL = "builtin:tiny-xlnet"
+PROMOTION_METRIC = "test_perplexity"  # what the promotion gate compares unless promotion.metric says
 
 _RESAMPLES = 200  # a one-word row gets a target in about 1 draw of 12
 

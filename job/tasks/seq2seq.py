@@ -28,6 +28,7 @@ from job.errors import ConfigError, DataError
 
 MODEL_CLASS = "AutoModelForSeq2SeqLM"
 BUILTIN_MODEL = "builtin:tiny-t5"
+PROMOTION_METRIC = "test_bleu"  # what the promotion gate compares unless promotion.metric says
 TRAINER = ("Seq2SeqTrainer", "Seq2SeqTrainingArguments")
 
 

@@ -25,6 +25,7 @@ from job.errors import ConfigError, DataError
 
 MODEL_CLASS = "AutoModelForSequenceClassification"
 BUILTIN_MODEL = "builtin:tiny-bert"
+PROMOTION_METRIC = "test_f1"  # what the promotion gate compares unless promotion.metric says
 
 PROBLEM_TYPES = {  # ours -> transformers' config.problem_type (it picks the loss from it)
     "single_label": "single_label_classification",

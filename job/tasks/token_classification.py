@@ -31,6 +31,7 @@ from job.errors import ConfigError, DataError, ModelError
 
 MODEL_CLASS = "AutoModelForTokenClassification"
 BUILTIN_MODEL = "builtin:tiny-bert-cased"
+PROMOTION_METRIC = "test_f1"  # what the promotion gate compares unless promotion.metric says
 
 OUTSIDE = "O"
 WORD_IDS = "word_ids"  # a feature column: each sub-word's word index, -1 for special tokens
