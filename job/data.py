@@ -413,6 +413,22 @@ def _columns(ds) -> str:
     return ", ".join(c for c in ds.column_names or [] if c != ROW_ID) or "unknown"
 
 
+def require_columns(splits, data: DataConfig, *input_keys: str) -> None:
+    """The configured input columns (`data.<key>`) must be in every split, the label column in every
+    split but test (a test split may come without labels). A stream whose columns are not known yet
+    is not checked."""
+    for split, ds in splits.items():
+        columns = ds.column_names or []
+        if not columns:
+            continue
+        for key in input_keys:
+            column = getattr(data, key)
+            if column is not None and column not in columns:
+                raise column_error(column, ds, split, f"data.{key}")
+        if split != "test" and data.label_column not in columns:
+            raise column_error(data.label_column, ds, split, "data.label_column")
+
+
 def column_error(column: str, ds, split: str, key: str) -> DataError:
     """The error for a configured column that a split lacks, listing the columns it has."""
     return DataError(f"column '{column}' is not in the {split} split (columns: {_columns(ds)})", where=key)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Iterator
 
-from job.data import ROW_ID, column_error, is_iterable
+from job.data import ROW_ID, column_error, is_iterable, require_columns
 from job.errors import ConfigError, DataError
 
 MODEL_CLASS = "AutoModelForSeq2SeqLM"
@@ -72,12 +72,7 @@ def training_defaults(cfg) -> dict:
 
 def inspect(splits, cfg) -> Spec:
     data = cfg.data
-    for split, ds in splits.items():
-        columns = ds.column_names or []
-        if columns and data.text_column not in columns:
-            raise column_error(data.text_column, ds, split, "data.text_column")
-        if split != "test" and columns and data.label_column not in columns:
-            raise column_error(data.label_column, ds, split, "data.label_column")
+    require_columns(splits, data, "text_column")
     spec = Spec(data.text_column, data.label_column, cfg.task.settings.source_prefix or "")
     for split, ds in splits.items():
         spec.labelled[split] = _has_targets(ds, split, spec) if split != "train" or not is_iterable(ds) else True

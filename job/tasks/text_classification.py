@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from job.data import ROW_ID, column_error, is_iterable
+from job.data import ROW_ID, column_error, is_iterable, require_columns
 from job.errors import ConfigError, DataError
 
 MODEL_CLASS = "AutoModelForSequenceClassification"
@@ -91,14 +91,7 @@ class Spec:
 
 def inspect(splits, cfg) -> Spec:
     data, problem_type = cfg.data, cfg.task.settings.problem_type
-    for split, ds in splits.items():
-        columns = ds.column_names or []
-        for key in ("text_column", "text_pair_column"):
-            column = getattr(data, key)
-            if column is not None and columns and column not in columns:
-                raise column_error(column, ds, split, f"data.{key}")
-        if split != "test" and columns and data.label_column not in columns:
-            raise column_error(data.label_column, ds, split, "data.label_column")
+    require_columns(splits, data, "text_column", "text_pair_column")
 
     if problem_type == "regression":
         if data.label_names is not None:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Iterator
 
-from job.data import ROW_ID, column_error, is_iterable
+from job.data import ROW_ID, column_error, is_iterable, require_columns
 from job.errors import ConfigError, DataError, ModelError
 
 MODEL_CLASS = "AutoModelForTokenClassification"
@@ -79,12 +79,7 @@ class Spec:
 
 def inspect(splits, cfg) -> Spec:
     data = cfg.data
-    for split, ds in splits.items():
-        columns = ds.column_names or []
-        if columns and data.text_column not in columns:
-            raise column_error(data.text_column, ds, split, "data.text_column")
-        if split != "test" and columns and data.label_column not in columns:
-            raise column_error(data.label_column, ds, split, "data.label_column")
+    require_columns(splits, data, "text_column")
     names, tag_ids = _label_names(splits["train"], data)
     spec = Spec(data.text_column, data.label_column, names, tag_ids=tag_ids)
     for split, ds in splits.items():
