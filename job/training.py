@@ -9,8 +9,8 @@ only where a batch job needs it:
   gradients) scaled by the world size;
 - `ddp_find_unused_parameters: false`: every parameter takes part in every step, so the search for
   unused ones is pure overhead;
-- `report_to: none`, `save_strategy: no` (the job saves and publishes the final model itself),
-  evaluation every epoch, and bf16/TF32 when the GPU supports them.
+- `report_to: none`; checkpoints when the `checkpoint:` section says (job/checkpoints.py uploads
+  them); evaluation every epoch; bf16/TF32 when the GPU supports them.
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ def arguments(cfg: JobConfig, output_dir: Path, *, progress_bars: bool):
     gpu = on_gpu()
     defaults = {
         "report_to": "none",
-        "save_strategy": "no",
         "eval_strategy": "no" if cfg.data.streaming else "epoch",
         "logging_strategy": "steps",
         "logging_steps": 10,

@@ -4,7 +4,6 @@ code, no traceback, and no run marked finished."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Callable
 

@@ -6,7 +6,6 @@ import hashlib
 import json
 from pathlib import Path
 
-import pytest
 
 import job
 from conftest import base_env, run_cli, tiny_config, write_jsonl, write_yaml

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import base_env, run_cli, tiny_config, write_jsonl, write_yaml
+from conftest import base_env, run_cli, tiny_config, write_yaml
 
 RUN_FILES = {"config.yaml", "metrics.json", "predictions.jsonl", "trainer_state.json", "_SUCCESS"}
 
