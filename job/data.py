@@ -413,6 +413,19 @@ def _columns(ds) -> str:
     return ", ".join(c for c in ds.column_names or [] if c != ROW_ID) or "unknown"
 
 
+def tokenize_splits(splits, encode, data: DataConfig, labelled: dict[str, bool]) -> dict:
+    """Map `encode(batch, split, labelled)` over every split once, batched (datasets caches the
+    result); of the raw columns only ROW_ID stays, since predictions are keyed by it."""
+    out = {}
+    for split, ds in splits.items():
+        remove = [c for c in (ds.column_names or []) if c != ROW_ID]
+        kwargs = {} if _is_iterable(ds) else {"num_proc": data.num_proc, "desc": f"tokenize {split}"}
+        out[split] = ds.map(
+            encode, batched=True, remove_columns=remove, fn_kwargs={"split": split, "labelled": labelled.get(split, True)}, **kwargs
+        )
+    return out
+
+
 def require_columns(splits, data: DataConfig, *input_keys: str) -> None:
     """The configured input columns (`data.<key>`) must be in every split, the label column in every
     split but test (a test split may come without labels). A stream whose columns are not known yet

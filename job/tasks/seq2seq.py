@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Iterator
 
-from job.data import ROW_ID, column_error, is_iterable, require_columns
+from job.data import ROW_ID, column_error, is_iterable, require_columns, tokenize_splits
 from job.errors import ConfigError, DataError
 
 MODEL_CLASS = "AutoModelForSeq2SeqLM"
@@ -128,14 +128,7 @@ def preprocess(splits, tokenizer, cfg, spec: Spec):
             encoded["labels"] = targets["input_ids"]
         return encoded
 
-    out = {}
-    for split, ds in splits.items():
-        remove = [c for c in (ds.column_names or []) if c != ROW_ID]
-        kwargs = {} if is_iterable(ds) else {"num_proc": data.num_proc, "desc": f"tokenize {split}"}
-        out[split] = ds.map(
-            encode, batched=True, remove_columns=remove, fn_kwargs={"split": split, "labelled": spec.labelled.get(split, True)}, **kwargs
-        )
-    return out
+    return tokenize_splits(splits, encode, data, spec.labelled)
 
 
 def collator(tokenizer, cfg, spec: Spec, pad_to_multiple_of: int | None):

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from job.data import ROW_ID, column_error, is_iterable, require_columns
+from job.data import ROW_ID, column_error, is_iterable, require_columns, tokenize_splits
 from job.errors import ConfigError, DataError
 
 MODEL_CLASS = "AutoModelForSequenceClassification"
@@ -212,15 +212,7 @@ def preprocess(splits, tokenizer, cfg, spec: Spec):
             encoded["labels"] = [spec.to_target(v, split) for v in batch[spec.label_column]]
         return encoded
 
-    out = {}
-    for split, ds in splits.items():
-        keep = {ROW_ID}
-        remove = [c for c in (ds.column_names or []) if c not in keep]
-        kwargs = {} if is_iterable(ds) else {"num_proc": data.num_proc, "desc": f"tokenize {split}"}
-        out[split] = ds.map(
-            encode, batched=True, remove_columns=remove, fn_kwargs={"split": split, "labelled": spec.labelled.get(split, True)}, **kwargs
-        )
-    return out
+    return tokenize_splits(splits, encode, data, spec.labelled)
 
 
 def collator(tokenizer, cfg, spec: Spec, pad_to_multiple_of: int | None):

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Iterator
 
-from job.data import ROW_ID, column_error, is_iterable, require_columns
+from job.data import ROW_ID, column_error, is_iterable, require_columns, tokenize_splits
 from job.errors import ConfigError, DataError, ModelError
 
 MODEL_CLASS = "AutoModelForTokenClassification"
@@ -170,13 +170,7 @@ def preprocess(splits, tokenizer, cfg, spec: Spec):
             ]
         return encoded
 
-    out = {}
-    for split, ds in splits.items():
-        remove = [c for c in (ds.column_names or []) if c != ROW_ID]
-        kwargs = {} if is_iterable(ds) else {"num_proc": data.num_proc, "desc": f"tokenize {split}"}
-        out[split] = ds.map(
-            encode, batched=True, remove_columns=remove, fn_kwargs={"split": split, "labelled": spec.labelled.get(split, True)}, **kwargs
-        )
+    out = tokenize_splits(splits, encode, data, spec.labelled)
     spec.test_word_ids = out["test"][WORD_IDS]
     return out
 
