@@ -105,7 +105,7 @@ def move(store, choose: Callable[[dict | None], dict | None], by: str) -> dict |
             _write_audit(store, new)
             log.info(
                 "champion: generation %d is run %s (%s %s) by %s: %s",
-                new["generation"], new["run_id"], new["metric"], _shown(new["value"]), by, new["reason"],
+                new["generation"], new["run_id"], new["metric"], shown(new["value"]), by, new["reason"],
             )
             return new
         log.info("champion: lost the race for generation %d to run %s; deciding again", new["generation"], now and now["run_id"])
@@ -198,7 +198,7 @@ def _encode(pointer: dict) -> bytes:
     return (json.dumps(pointer, indent=2) + "\n").encode()
 
 
-def _shown(value) -> str:
+def shown(value) -> str:
     return f"{value:.4f}" if isinstance(value, (int, float)) else "n/a"
 
 
@@ -208,7 +208,7 @@ def describe(pointer: dict) -> str:
         [
             f"champion: run {pointer['run_id']} (generation {pointer['generation']})",
             f"  model:    {pointer['model']}",
-            f"  {pointer['metric']}: {_shown(pointer['value'])}",
+            f"  {pointer['metric']}: {shown(pointer['value'])}",
             f"  promoted: {pointer['promoted_at']} by {pointer['by']}: {pointer['reason']}",
         ]
     )

@@ -104,11 +104,6 @@ def _verified(local: Path, manifest: dict) -> bool:
     return True
 
 
-def delete_all(store, run_id: str) -> None:
-    for key in store.list(prefix(run_id)):
-        store.delete(key)
-
-
 def publisher(store, run_id: str, settings: CheckpointConfig, stop: StopRequest, config_sha: str, work: Path):
     """The TrainerCallback that decides when to save and ships every saved checkpoint to storage."""
     from transformers import TrainerCallback
@@ -157,8 +152,7 @@ def publisher(store, run_id: str, settings: CheckpointConfig, stop: StopRequest,
             for old in complete[: -settings.keep] + [s for s in incomplete if s < step]:
                 # The marker goes first: a half-deleted checkpoint must already look incomplete.
                 store.delete(storage.join(prefix(run_id, old), storage.SUCCESS))
-                for key in store.list(prefix(run_id, old)):
-                    store.delete(key)
+                storage.delete_tree(store, prefix(run_id, old))
 
         def _raise_failed_upload(self) -> None:
             for upload in [u for u in self.uploads if u.done()]:

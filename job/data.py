@@ -68,11 +68,11 @@ def load_splits(cfg: JobConfig):
     for name, limit in limits.items():
         if limit is not None:
             ds = splits[name]
-            splits[name] = ds.take(limit) if _is_iterable(ds) else ds.select(range(min(limit, len(ds))))
+            splits[name] = ds.take(limit) if is_iterable(ds) else ds.select(range(min(limit, len(ds))))
     for name, ds in splits.items():
-        if not _is_iterable(ds) and len(ds) == 0:
+        if not is_iterable(ds) and len(ds) == 0:
             raise DataError(f"the {name} split is empty", where=_source_name(data))
-    sizes = ", ".join(f"{name}={'stream' if _is_iterable(ds) else len(ds)}" for name, ds in splits.items())
+    sizes = ", ".join(f"{name}={'stream' if is_iterable(ds) else len(ds)}" for name, ds in splits.items())
     log.info("data: %s (%s)", _source_name(data), sizes)
     return DatasetDict(splits) if not data.streaming else splits
 
@@ -113,10 +113,6 @@ def sample_splits(cfg: JobConfig, n: int = 8):
             raise DataError(f"the {name} split is empty", where=_source_name(cfg.data))
         sample[name] = _with_row_ids(Dataset.from_list(rows, features=split.features), cfg.data.id_column, name)
     return DatasetDict(sample)
-
-
-def is_iterable(ds) -> bool:
-    return _is_iterable(ds)
 
 
 # ---------------------------------------------------------------------------------------------- sources
@@ -355,22 +351,19 @@ def _source_name(data: DataConfig) -> str:
 
 
 def _with_row_ids(ds, id_column: str | None, split: str):
+    if id_column is not None and id_column not in (ds.column_names or []):
+        raise column_error(id_column, ds, split, "data.id_column")
+    if not is_iterable(ds):
+        ids = [str(v) for v in ds[id_column]] if id_column is not None else list(range(len(ds)))
+        return ds.add_column(ROW_ID, ids)
+    from datasets import Features, Value
+
+    # map() forgets a stream's features unless told them; later steps need the column names.
+    kind = Value("string") if id_column is not None else Value("int64")
+    features = Features({**ds.features, ROW_ID: kind}) if ds.features else None
     if id_column is not None:
-        if id_column not in (ds.column_names or []):
-            raise column_error(id_column, ds, split, "data.id_column")
-        if _is_iterable(ds):
-            from datasets import Features, Value
-
-            features = Features({**ds.features, ROW_ID: Value("string")}) if ds.features else None
-            return ds.map(lambda row: {ROW_ID: str(row[id_column])}, features=features)
-        return ds.map(lambda row: {ROW_ID: str(row[id_column])})
-    if _is_iterable(ds):
-        from datasets import Features, Value
-
-        # map() forgets a stream's features unless told them; later steps need the column names.
-        features = Features({**ds.features, ROW_ID: Value("int64")}) if ds.features else None
-        return ds.map(lambda _, i: {ROW_ID: i}, with_indices=True, features=features)
-    return ds.add_column(ROW_ID, list(range(len(ds))))
+        return ds.map(lambda row: {ROW_ID: str(row[id_column])}, features=features)
+    return ds.map(lambda _, i: {ROW_ID: i}, with_indices=True, features=features)
 
 
 def _carve_missing(splits: dict, data: DataConfig, seed: int) -> dict:
@@ -403,7 +396,7 @@ def _materialize(ds):
     return Dataset.from_list(list(ds), features=ds.features)
 
 
-def _is_iterable(ds) -> bool:
+def is_iterable(ds) -> bool:
     from datasets import IterableDataset
 
     return isinstance(ds, IterableDataset)
@@ -413,13 +406,19 @@ def _columns(ds) -> str:
     return ", ".join(c for c in ds.column_names or [] if c != ROW_ID) or "unknown"
 
 
+def max_tokens(tokenizer, data: DataConfig) -> int:
+    """Where every task truncates an input: data.max_length, else the tokenizer's limit up to 512
+    (some tokenizers report a limit of 10^30)."""
+    return data.max_length or min(tokenizer.model_max_length, 512)
+
+
 def tokenize_splits(splits, encode, data: DataConfig, labelled: dict[str, bool]) -> dict:
     """Map `encode(batch, split, labelled)` over every split once, batched (datasets caches the
     result); of the raw columns only ROW_ID stays, since predictions are keyed by it."""
     out = {}
     for split, ds in splits.items():
         remove = [c for c in (ds.column_names or []) if c != ROW_ID]
-        kwargs = {} if _is_iterable(ds) else {"num_proc": data.num_proc, "desc": f"tokenize {split}"}
+        kwargs = {} if is_iterable(ds) else {"num_proc": data.num_proc, "desc": f"tokenize {split}"}
         out[split] = ds.map(
             encode, batched=True, remove_columns=remove, fn_kwargs={"split": split, "labelled": labelled.get(split, True)}, **kwargs
         )

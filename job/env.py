@@ -43,11 +43,6 @@ def config_overrides() -> dict[str, tuple[str, str]]:
     return overrides
 
 
-def variable_for(key: str) -> str:
-    """The FINETUNE_* variable that sets dotted `key` (for docs and error messages)."""
-    return PREFIX + "__".join(part.upper() for part in key.split("."))
-
-
 def secret_values() -> list[str]:
     """Secret values present in the environment, longest first (so redaction never leaves a tail)."""
     values = {os.environ[name] for name in SECRET_VARIABLES if os.environ.get(name)}
@@ -56,11 +51,6 @@ def secret_values() -> list[str]:
 
 def get(name: str, default: str | None = None) -> str | None:
     return os.environ.get(name, default)
-
-
-def get_int(name: str, default: int | None = None) -> int | None:
-    value = os.environ.get(name)
-    return int(value) if value not in (None, "") else default
 
 
 def hub_offline() -> bool:

@@ -13,7 +13,6 @@ import time
 
 from job import env
 
-_FORMATS = ("text", "json")
 REDACTED = "***"
 
 

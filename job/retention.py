@@ -43,7 +43,7 @@ def apply(store, settings, current_run: str, now: dt.datetime | None = None) -> 
         if run in keep or last_write is None or now - last_write < dt.timedelta(hours=settings.abandoned_after_hours):
             continue
         log.info("retention: run %s has no _SUCCESS and nothing written since %s: abandoned", run, last_write.isoformat(timespec="seconds"))
-        _delete_all(store, run)
+        storage.delete_tree(store, run)
         deleted.append(run)
     if deleted:
         log.info("retention: deleted %d run(s) beyond the %d newest: %s", len(deleted), settings.keep_runs, ", ".join(deleted))
@@ -73,10 +73,5 @@ def _delete_finished(store, run: str) -> bool:
         store.put_bytes(manifest, success)
         log.info("retention: run %s became champion meanwhile; kept", run)
         return False
-    _delete_all(store, run)
+    storage.delete_tree(store, run)
     return True
-
-
-def _delete_all(store, run: str) -> None:
-    for key in store.list(run):
-        store.delete(key)

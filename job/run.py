@@ -148,7 +148,7 @@ def run(cfg: JobConfig, log_format: str = "text") -> RunResult:
     gate.promote(decision, metrics)
     retention.apply(store, cfg.retention, current_run=run_id)
     if not cfg.checkpoint.keep_after_success:
-        checkpoints.delete_all(store, run_id)
+        storage.delete_tree(store, checkpoints.prefix(run_id))
     shutil.rmtree(work, ignore_errors=True)
     return RunResult(run_id, store.url(run_id), metrics)
 

@@ -235,11 +235,7 @@ class S3Store:
             self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
 
     def get_bytes(self, key: str) -> bytes | None:
-        with self._errors(key):
-            try:
-                return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
-            except self.client.exceptions.NoSuchKey:
-                return None
+        return self.get_with_etag(key)[0]
 
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError
@@ -254,13 +250,14 @@ class S3Store:
                 raise
 
     def list(self, prefix: str) -> list[str]:
-        keys = []
+        return sorted(obj["Key"][len(self.prefix) + 1 :] if self.prefix else obj["Key"] for obj in self._objects(prefix))
+
+    def _objects(self, prefix: str):
+        """Every object under `prefix` (a folder: `runs` does not match `runs-old/...`), page by page."""
         base = self._key(prefix)
         with self._errors(prefix):
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base + "/" if base else ""):
-                for obj in page.get("Contents", []):
-                    keys.append(obj["Key"][len(self.prefix) + 1 :] if self.prefix else obj["Key"])
-        return sorted(keys)
+                yield from page.get("Contents", [])
 
     def delete(self, key: str) -> None:
         with self._errors(key):
@@ -302,13 +299,7 @@ class S3Store:
 
     def modified(self, prefix: str) -> dt.datetime | None:
         """When anything under `prefix` was last written (None when nothing is there)."""
-        base = self._key(prefix)
-        newest = None
-        with self._errors(prefix):
-            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base + "/"):
-                for obj in page.get("Contents", []):
-                    newest = max(newest or obj["LastModified"], obj["LastModified"])
-        return newest
+        return max((obj["LastModified"] for obj in self._objects(prefix)), default=None)
 
     @contextlib.contextmanager
     def _errors(self, key: str):
@@ -369,6 +360,12 @@ def publish(local_dir: Path, store, run_id: str, extra: dict | None = None) -> d
     store.put_bytes(json.dumps(manifest, indent=2).encode(), join(run_id, SUCCESS))
     log.info("published %d files to %s", len(files), store.url(run_id))
     return manifest
+
+
+def delete_tree(store, prefix: str) -> None:
+    """Delete every object under `prefix` (a run, a checkpoint)."""
+    for key in store.list(prefix):
+        store.delete(key)
 
 
 def read_manifest(store, run_id: str) -> dict | None:

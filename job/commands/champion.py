@@ -32,5 +32,4 @@ def command(config_path, sets, output_uri, as_json, history):
     if history:
         echo("history:")
         for r in champion.history(store):
-            value = f"{r['value']:.4f}" if isinstance(r["value"], (int, float)) else "n/a"
-            echo(f"  {r['generation']:>4}  {r['promoted_at']}  {r['run_id']}  {r['metric']} {value}  {r['by']}: {r['reason']}")
+            echo(f"  {r['generation']:>4}  {r['promoted_at']}  {r['run_id']}  {r['metric']} {champion.shown(r['value'])}  {r['by']}: {r['reason']}")

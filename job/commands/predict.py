@@ -17,8 +17,7 @@ from job.log import echo
 @click.option("--output", "output_uri", required=True, metavar="FILE|s3://...", help="Where predictions.jsonl goes.")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--text-column", default=None, help="Input column, if it differs from the one the model was trained on.")
-@click.pass_context
-def command(ctx, model_uri, input_uri, output_uri, batch_size, text_column):
+def command(model_uri, input_uri, output_uri, batch_size, text_column):
     """Predict labels for every row of an input file with a trained model."""
     from job import predict
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from itertools import chain
 from typing import Any, Iterator
 
-from job.data import ROW_ID, column_error, is_iterable
+from job.data import ROW_ID, column_error, is_iterable, max_tokens
 from job.errors import DataError
 
 NO_TARGET = -1.0  # a position's loss when nothing is predicted there (a loss is never negative)
@@ -56,7 +56,7 @@ def model_kwargs(spec: Spec) -> dict[str, Any]:
 
 
 def block_size(tokenizer, cfg) -> int:
-    return cfg.data.max_length or min(tokenizer.model_max_length, 512)
+    return max_tokens(tokenizer, cfg.data)
 
 
 def preprocess(splits, tokenizer, cfg, spec: Spec, *, end_with_eos: bool, tokenizer_kwargs: dict | None = None):

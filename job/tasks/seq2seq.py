@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Iterator
 
-from job.data import ROW_ID, column_error, is_iterable, require_columns, tokenize_splits
+from job.data import ROW_ID, column_error, is_iterable, max_tokens, require_columns, tokenize_splits
 from job.errors import ConfigError, DataError
 
 MODEL_CLASS = "AutoModelForSeq2SeqLM"
@@ -112,7 +112,7 @@ def model_kwargs(spec: Spec) -> dict[str, Any]:
 
 def preprocess(splits, tokenizer, cfg, spec: Spec):
     data, settings = cfg.data, cfg.task.settings
-    max_length = data.max_length or min(tokenizer.model_max_length, 512)
+    max_length = max_tokens(tokenizer, data)
     padding = "max_length" if data.pad_to_max_length else False
     spec.tokenizer = tokenizer
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from job.data import ROW_ID, column_error, is_iterable, require_columns, tokenize_splits
+from job.data import ROW_ID, column_error, is_iterable, max_tokens, require_columns, tokenize_splits
 from job.errors import ConfigError, DataError
 
 MODEL_CLASS = "AutoModelForSequenceClassification"
@@ -197,7 +197,7 @@ def model_kwargs(spec: Spec) -> dict[str, Any]:
 def preprocess(splits, tokenizer, cfg, spec: Spec):
     """Tokenize once with batched map; record each row's length for length-grouped batches."""
     data = cfg.data
-    max_length = data.max_length or min(tokenizer.model_max_length, 512)
+    max_length = max_tokens(tokenizer, data)
     padding = "max_length" if data.pad_to_max_length else False
 
     def encode(batch, split: str, labelled: bool):

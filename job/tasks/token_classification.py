@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Iterator
 
-from job.data import ROW_ID, column_error, is_iterable, require_columns, tokenize_splits
+from job.data import ROW_ID, column_error, is_iterable, max_tokens, require_columns, tokenize_splits
 from job.errors import ConfigError, DataError, ModelError
 
 MODEL_CLASS = "AutoModelForTokenClassification"
@@ -153,7 +153,7 @@ def preprocess(splits, tokenizer, cfg, spec: Spec):
     if not tokenizer.is_fast:
         raise ModelError("token-classification maps sub-words to words, which needs a fast tokenizer", where="model.name")
     data = cfg.data
-    max_length = data.max_length or min(tokenizer.model_max_length, 512)
+    max_length = max_tokens(tokenizer, data)
     padding = "max_length" if data.pad_to_max_length else False
     inside = _inside_ids(spec.label_names)
 
