@@ -41,6 +41,7 @@ _EXTENSIONS = {
     ".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text", ".conll": "conll",
 }
 CONLL_TOKENS, CONLL_TAGS = "tokens", "tags"  # the columns a CoNLL file is read into
+_EMPTY_SPLIT = re.compile(r'Instruction "(\w+)" corresponds to no data')
 
 
 def load_splits(cfg: JobConfig):
@@ -320,6 +321,10 @@ def _read(load, data: DataConfig):
             cause = cause.__cause__
         if isinstance(cause, PermissionError):
             raise StorageError(f"access denied ({_first_line(cause)})", where=where) from exc
+        empty = _EMPTY_SPLIT.search(str(cause))
+        if empty:  # datasets' words for a split whose files hold no rows
+            split = empty.group(1)
+            raise DataError(f"the {split} split is empty", where=_source_name(data, split)) from exc
         where = held.file_at_fault() or where
         raise DataError(f"cannot read ({type(cause).__name__}: {_first_line(cause)})", where=where) from exc
     finally:
@@ -340,11 +345,14 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:300]
 
 
-def _source_name(data: DataConfig) -> str:
+def _source_name(data: DataConfig, split: str = "train") -> str:
+    """What an error about the data names: the Hub dataset, else the split's files (train's when the
+    split has none of its own)."""
     if data.dataset is not None:
         return data.dataset
-    files = data.train_files
-    return f"data.train_files: {files if isinstance(files, str) else ', '.join(files or [])}"
+    key = split if getattr(data, f"{split}_files", None) is not None else "train"
+    files = getattr(data, f"{key}_files")
+    return f"data.{key}_files: {files if isinstance(files, str) else ', '.join(files or [])}"
 
 
 # ---------------------------------------------------------------------------------------------- splits
