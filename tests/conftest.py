@@ -7,6 +7,7 @@ Every test gets its own bucket.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -178,6 +179,32 @@ def write_yaml(path: Path, data: dict) -> Path:
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+DEMO = ROOT / "job" / "demo"  # the shipped demo data: reviews.{train,validation,test}.jsonl
+
+
+def demo_rows(split: str) -> list[dict]:
+    return read_jsonl(DEMO / f"reviews.{split}.jsonl")
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def s3_keys(client, bucket: str, prefix: str) -> list[str]:
+    """Every key under `prefix`, sorted (read with the test's own boto3 client, not the job's store)."""
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return sorted(obj["Key"] for page in pages for obj in page.get("Contents", []))
+
+
+def skip_or_fail(reason: str):
+    """A missing tool skips a test here but fails it in CI, where .ci/run installs every tool."""
+    pytest.fail(reason) if os.environ.get("CI") == "true" else pytest.skip(reason)
 
 
 # A fast config for tests: the shipped demo data, the builtin tiny model, few steps.

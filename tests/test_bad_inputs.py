@@ -3,21 +3,14 @@ code, no traceback, and no run marked finished."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable
 
 import pytest
 
-import job
-from conftest import base_env, run_cli, tiny_config, write_jsonl, write_yaml
+from conftest import DEMO, base_env, demo_rows, run_cli, tiny_config, write_jsonl, write_yaml
 
-DEMO = Path(job.__path__[0]) / "demo"
 CONFIG, DATA, MODEL, STORAGE, USAGE = 3, 4, 5, 6, 2
-
-
-def _rows(split: str) -> list[dict]:
-    return [json.loads(line) for line in (DEMO / f"reviews.{split}.jsonl").read_text().splitlines()]
 
 
 def _files(tmp: Path, train=None, validation=None, test=None, **data) -> dict:
@@ -25,7 +18,7 @@ def _files(tmp: Path, train=None, validation=None, test=None, **data) -> dict:
     cfg = tiny_config(str(tmp / "out"))
     cfg["data"] = {"max_length": 32, **data}
     for split, rows in (("train", train), ("validation", validation), ("test", test)):
-        rows = _rows(split) if rows is None else rows
+        rows = demo_rows(split) if rows is None else rows
         if rows is not False:
             cfg["data"][f"{split}_files"] = str(write_jsonl(tmp / f"{split}.jsonl", rows))
     return cfg
@@ -74,14 +67,14 @@ CASES: list[Case] = [
     ("no-file-matches", lambda t: (_yaml(t, {**tiny_config(str(t / "out")), "data": {"train_files": str(t / "missing-*.jsonl")}}), {}), DATA, "no file matches"),
     ("missing-text-column", lambda t: (_yaml(t, _files(t, text_column="review")), {}), DATA, "data.text_column: column 'review' is not in the train split (columns: text, label"),
     ("missing-label-column", lambda t: (_yaml(t, _files(t, validation=[{"text": "x"}] * 5)), {}), DATA, "data.label_column: the validation split has no labels"),
-    ("unknown-label-in-test", lambda t: (_yaml(t, _files(t, test=_rows("test") + [{"text": "meh", "label": "neutral"}])), {}), DATA, "label 'neutral' in the test split is not a known label"),
-    ("single-label", lambda t: (_yaml(t, _files(t, train=[r for r in _rows("train") if r["label"] == "positive"])), {}), DATA, "need at least two labels"),
-    ("empty-split", lambda t: (_yaml(t, _files(t, validation=[])), {}), DATA, "validation"),
+    ("unknown-label-in-test", lambda t: (_yaml(t, _files(t, test=demo_rows("test") + [{"text": "meh", "label": "neutral"}])), {}), DATA, "label 'neutral' in the test split is not a known label"),
+    ("single-label", lambda t: (_yaml(t, _files(t, train=[r for r in demo_rows("train") if r["label"] == "positive"])), {}), DATA, "need at least two labels"),
+    ("empty-split", lambda t: (_yaml(t, _files(t, validation=[])), {}), DATA, "validation.jsonl: the validation split is empty"),
     ("corrupt-file", lambda t: ((t / "test.jsonl").write_text("{not json\n") and _yaml(t, _files(t, test=False, test_files=str(t / "test.jsonl"))), {}), DATA, "test.jsonl: cannot read (ArrowInvalid"),
-    ("partly-labelled-test", lambda t: (_yaml(t, _files(t, test=_rows("test")[:5] + [{"text": "x", "label": None}])), {}), DATA, "some rows of the test split have no label"),
-    ("null-text", lambda t: (_yaml(t, _files(t, train=_rows("train") + [{"text": None, "label": "positive"}])), {}), DATA, "has no text"),
+    ("partly-labelled-test", lambda t: (_yaml(t, _files(t, test=demo_rows("test")[:5] + [{"text": "x", "label": None}])), {}), DATA, "some rows of the test split have no label"),
+    ("null-text", lambda t: (_yaml(t, _files(t, train=demo_rows("train") + [{"text": None, "label": "positive"}])), {}), DATA, "has no text"),
     ("missing-id-column", lambda t: (_yaml(t, _files(t, id_column="uid")), {}), DATA, "data.id_column: column 'uid' is not in the train split"),
-    ("hub-dataset-offline", lambda t: (_demo(t, "data.dataset=rotten_tomatoes"), {}), DATA, "rotten_tomatoes"),
+    ("hub-dataset-offline", lambda t: (_demo(t, "data.dataset=rotten_tomatoes"), {}), DATA, "rotten_tomatoes: cannot reach the dataset (HF_HUB_OFFLINE is set)"),
     # model (5)
     ("model-not-found", lambda t: (_demo(t, f"model.name={t}/no-such-model"), {}), MODEL, "model error: model.name:"),
     ("model-dir-without-config", lambda t: ((t / "empty").mkdir() or _demo(t, f"model.name={t / 'empty'}"), {}), MODEL, "model error: model.name:"),
@@ -114,10 +107,6 @@ def test_debug_shows_the_traceback(tmp_path):
     proc = run_cli("--debug", *_demo(tmp_path, "model.train=middle"), cwd=tmp_path)
     assert proc.returncode == CONFIG
     assert "Traceback" in proc.stderr
-
-
-def test_corpus_is_large_enough():
-    assert len(CASES) >= 25
 
 
 def test_run_killed_before_success_is_not_finished(tmp_path):

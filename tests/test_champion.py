@@ -61,7 +61,7 @@ def _racer(uri: str, env: dict, run_id: str, score: float, barrier, results) -> 
     def choose(pointer):
         asked.append(pointer["generation"] if pointer else 0)
         if len(asked) == 1:
-            barrier.wait()  # every writer has read the same (empty) pointer: all but one must lose
+            barrier.wait(timeout=60)  # every writer has read the same (empty) pointer: all but one must lose
         if pointer is not None and pointer["value"] >= score:
             return None
         return {"run_id": run_id, "metric": "test_f1", "value": score, "previous": pointer and pointer["generation"], "reason": "race"}
@@ -81,10 +81,14 @@ def test_racing_runs_each_generation_has_one_winner_and_the_best_ends_champion(s
     processes = [ctx.Process(target=_racer, args=(uri, env, r, s, barrier, results)) for r, s in scores.items()]
     for p in processes:
         p.start()
-    outcomes = [results.get(timeout=120) for _ in processes]
-    for p in processes:
-        p.join(timeout=30)
-        assert p.exitcode == 0
+    try:
+        outcomes = [results.get(timeout=120) for _ in processes]
+        for p in processes:
+            p.join(timeout=30)
+            assert p.exitcode == 0
+    finally:
+        for p in processes:
+            p.kill()  # a racer that hangs or fails must not outlive the test
 
     won = sorted(g for _, g, _ in outcomes if g is not None)
     assert won == list(range(1, len(won) + 1))  # exactly one writer per generation, none skipped
@@ -159,7 +163,7 @@ def test_the_gate_rule_min_delta_modes_and_loss():
     assert promotion.judge("auto", "test_f1", 0.0, 0.5, None, None) == (True, "there is no champion yet")
 
 
-def test_a_run_without_success_is_never_promoted(s3_server, bucket, tmp_path):
+def test_a_run_without_success_is_never_promoted(s3_server, bucket, tmp_path, monkeypatch):
     env = base_env(**s3_server.env())
     uri = f"s3://{bucket}/runs"
     client = s3_server.client()
@@ -173,7 +177,8 @@ def test_a_run_without_success_is_never_promoted(s3_server, bucket, tmp_path):
     assert run_cli("champion", "--output", uri, "--json", env=env, cwd=tmp_path, check=True).stdout.strip() == "null"
 
     # The gate never promotes one either: it moves the pointer only after _SUCCESS.
-    os.environ.update(s3_server.env())
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
     store = storage.open_store(uri, S3Config(max_attempts=2))
     gate, _ = _gate(store, "killed", {})
     decision = gate.decide({"test_f1": 0.99})

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from conftest import base_env, run_cli, tiny_config, write_yaml
+from conftest import base_env, run_cli, s3_keys, tiny_config, write_yaml
 
 GOOD = {"num_train_epochs": 6}  # learns the demo data (test accuracy well above 0.8)
 WORSE = {"max_steps": 1, "learning_rate": 1.0e-6}  # barely moves from its random start
@@ -34,10 +34,6 @@ def _config(tmp_path, bucket: str, prefix: str, name: str, training: dict, **sec
 def _json(client, bucket: str, key: str) -> dict:
     return json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
 
-
-def _keys(client, bucket: str, prefix: str) -> list[str]:
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-    return sorted(obj["Key"] for page in pages for obj in page.get("Contents", []))
 
 
 @pytest.fixture(scope="module")
@@ -93,14 +89,14 @@ def test_a_worse_run_is_scored_against_the_champion_on_the_same_rows_and_not_pro
     assert "less than the 0.0000 required" in worse["promotion_reason"]
     assert "promotion: keep the champion: test_accuracy" in nightly["worse"].stderr
     assert _json(client, bucket, "runs/champion.json") == nightly["champion_after_good"]
-    assert _keys(client, bucket, "runs/promotions/") == ["runs/promotions/000001.json"]
+    assert s3_keys(client, bucket, "runs/promotions/") == ["runs/promotions/000001.json"]
     report = client.get_object(Bucket=bucket, Key="runs/worse/report.html")["Body"].read().decode()
     assert "<b>Champion kept.</b>" in report
 
 
 def test_retention_after_a_run_deletes_old_runs_but_never_the_champion(nightly):
     client, bucket = nightly["client"], nightly["bucket"]
-    runs = {key.split("/")[1] for key in _keys(client, bucket, "runs/") if key.count("/") > 1}
+    runs = {key.split("/")[1] for key in s3_keys(client, bucket, "runs/") if key.count("/") > 1}
     assert runs == {"good", "worse", "promotions"}  # keep_runs: 1 kept `worse`, the champion stayed
     assert "retention: deleted 1 run(s) beyond the 1 newest: old" in nightly["worse"].stderr
 
@@ -120,7 +116,8 @@ def test_two_overlapping_runs_leave_the_better_one_champion(nightly):
         _, stderr = proc.communicate(timeout=600)
         assert proc.returncode == 0, stderr[-3000:]
     scores = {name: _json(client, bucket, f"race/{name}/metrics.json")["test_accuracy"] for name in procs}
-    history = [_json(client, bucket, key) for key in _keys(client, bucket, "race/promotions/")]
+    assert len(set(scores.values())) == 2, scores  # a tie would let either run pass as the better one
+    history = [_json(client, bucket, key) for key in s3_keys(client, bucket, "race/promotions/")]
     assert [r["generation"] for r in history] == list(range(1, len(history) + 1))
     assert 1 <= len(history) <= 2 and len({r["run_id"] for r in history}) == len(history)
     pointer = _json(client, bucket, "race/champion.json")

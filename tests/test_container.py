@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, S3_PORT, start_s3, stop_s3
+from conftest import ROOT, S3_PORT, skip_or_fail, start_s3, stop_s3
 from job import errors
 from kube import K8S, Pod, docker_run, find, job_pod, kubectl, render
 
@@ -37,11 +37,6 @@ DEBIAN_MIRROR = "http://deb.debian.org/debian"
 # A CPU torch wheel for the image (the host's pip finds it here); without one the build downloads it.
 WHEELS = Path(os.environ.get("TEST_WHEELS", "/opt/wheels"))
 SECRET_EXAMPLE = K8S / "s3-secret.example.yaml"
-IN_CI = os.environ.get("CI") == "true"
-
-
-def skip_or_fail(reason: str):
-    pytest.fail(reason) if IN_CI else pytest.skip(reason)
 
 
 def docker_ok() -> bool:

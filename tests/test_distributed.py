@@ -172,18 +172,23 @@ def test_sigkill_during_a_checkpoint_upload(s3_server, bucket, s3env, tmp_path):
     args = ["run", "--config", str(cfg), "--set", "checkpoint.every_steps=10"]
     run_cli(*args, env={**s3env, "FINETUNE_RUN_ID": "straight"}, cwd=tmp_path, check=True)
     weed = _weed_pid(s3_server)
-    env = {**s3env, "FINETUNE_RUN_ID": "killed"}
+    scratch = tmp_path / "scratch"  # the job's work directory (TMPDIR), to see what it left behind
+    scratch.mkdir()
+    env = {**s3env, "FINETUNE_RUN_ID": "killed", "TMPDIR": str(scratch)}
     log = tmp_path / "killed.log"
     with open(log, "w") as err:
         proc = subprocess.Popen([sys.executable, "-m", "job", *args], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=err)
     try:
         _wait_for(log, "/checkpoints/checkpoint-10", proc)  # published: checkpoint-10 is complete
         os.kill(weed, signal.SIGSTOP)
-        _wait_for(log, "step 35/", proc)  # checkpoints 20 and 30 were saved while storage hung
+        _wait_for(log, "step 35/", proc)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
     finally:
         os.kill(weed, signal.SIGCONT)
+    # Checkpoints 20 and 30 were saved while storage hung: their uploads were in flight (or queued).
+    in_flight = {p.name for p in (scratch / "finetune-job" / "killed" / "uploading").iterdir()}
+    assert {"checkpoint-20", "checkpoint-30"} <= in_flight, in_flight
     client = s3_server.client()
     keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="runs/killed/").get("Contents", [])]
     complete = sorted(k for k in keys if k.endswith("/_SUCCESS"))

@@ -17,6 +17,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from conftest import skip_or_fail
 from job import errors
 from kube import K8S, OVERLAYS, ROOT, expand, find, job_pod, job_pod_labels, kubectl, render
 
@@ -29,8 +30,7 @@ SECRET_EXAMPLE = K8S / "s3-secret.example.yaml"
 @pytest.fixture(autouse=True)
 def _needs_kubectl():
     if kubectl() is None:
-        reason = "kubectl is not installed (it renders the kustomize overlays)"
-        pytest.fail(reason) if os.environ.get("CI") == "true" else pytest.skip(reason)
+        skip_or_fail("kubectl is not installed (it renders the kustomize overlays)")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import SHARED, base_env, rotten_tomatoes_splits, run_cli, write_jsonl, write_yaml
+from conftest import SHARED, base_env, read_jsonl, rotten_tomatoes_splits, run_cli, write_jsonl, write_yaml
 
 pytestmark = pytest.mark.skipif(not (SHARED / "data" / "rt-polaritydata").is_dir(), reason="../shared is not present")
 
@@ -52,6 +52,6 @@ def test_train_on_rotten_tomatoes(tmp_path):
     assert sum(map(sum, metrics["test_confusion_matrix"])) == 1066
     # A 2-layer BERT trained from scratch for one epoch: well above chance (0.5), far from a pretrained model.
     assert metrics["test_accuracy"] > 0.62, metrics["test_accuracy"]
-    rows = [json.loads(l) for l in (tmp_path / "out" / "rt" / "predictions.jsonl").read_text().splitlines()]
+    rows = read_jsonl(tmp_path / "out" / "rt" / "predictions.jsonl")
     assert [r["id"] for r in rows] == list(range(1066))
     assert rows[0]["label"] == "pos" and rows[-1]["label"] == "neg"

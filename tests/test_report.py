@@ -7,7 +7,6 @@ and fails in CI (CI=true). It keeps a screenshot in test-artifacts/report.png.
 from __future__ import annotations
 
 import base64
-import os
 import re
 import shutil
 import subprocess
@@ -15,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import ROOT, base_env, run_cli, tiny_config, write_yaml
+from conftest import ROOT, base_env, run_cli, skip_or_fail, tiny_config, write_yaml
 
 PLOTS = ("data", "token_lengths", "loss", "confusion_matrix", "per_class", "promotion")
 ARTIFACTS = ROOT / "test-artifacts"
@@ -92,9 +91,7 @@ addEventListener("load", () => {
 def _chromium() -> str:
     found = shutil.which("chromium")
     if found is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("chromium is missing in CI: .ci/run installs it (apt-get install -y chromium)")
-        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+        skip_or_fail("chromium is not installed (apt-get install -y chromium; .ci/run installs it)")
     return found
 
 

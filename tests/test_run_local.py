@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 
-import job
-from conftest import base_env, run_cli, tiny_config, write_jsonl, write_yaml
+from conftest import DEMO, base_env, demo_rows, read_jsonl, run_cli, sha256_of, tiny_config, write_jsonl, write_yaml
 
-DEMO = Path(job.__path__[0]) / "demo"
-
-
-def _demo_rows(split: str) -> list[dict]:
-    return [json.loads(line) for line in (DEMO / f"reviews.{split}.jsonl").read_text().splitlines()]
 
 
 def _run(tmp_path: Path, cfg: dict, run_id: str, *sets: str, env=None, check=True):
@@ -24,27 +17,23 @@ def _run(tmp_path: Path, cfg: dict, run_id: str, *sets: str, env=None, check=Tru
     return proc, tmp_path / "out" / run_id
 
 
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _predictions(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
+    return read_jsonl(run_dir / "predictions.jsonl")
 
 
 def test_same_config_same_model_and_predictions(tmp_path):
     cfg = tiny_config(str(tmp_path / "out"))
     _, a = _run(tmp_path, cfg, "a")
     _, b = _run(tmp_path, cfg, "b")
-    assert _sha(a / "model" / "model.safetensors") == _sha(b / "model" / "model.safetensors")
-    assert _sha(a / "predictions.jsonl") == _sha(b / "predictions.jsonl")
+    assert sha256_of(a / "model" / "model.safetensors") == sha256_of(b / "model" / "model.safetensors")
+    assert sha256_of(a / "predictions.jsonl") == sha256_of(b / "predictions.jsonl")
     _, c = _run(tmp_path, cfg, "c", "training.seed=7")
-    assert _sha(a / "model" / "model.safetensors") != _sha(c / "model" / "model.safetensors")
+    assert sha256_of(a / "model" / "model.safetensors") != sha256_of(c / "model" / "model.safetensors")
 
 
 def test_files_with_carved_validation_and_an_unlabelled_test_split(tmp_path):
-    train = write_jsonl(tmp_path / "train.jsonl", _demo_rows("train"))
-    test = write_jsonl(tmp_path / "test.jsonl", [{"text": r["text"]} for r in _demo_rows("test")])
+    train = write_jsonl(tmp_path / "train.jsonl", demo_rows("train"))
+    test = write_jsonl(tmp_path / "test.jsonl", [{"text": r["text"]} for r in demo_rows("test")])
     cfg = tiny_config(str(tmp_path / "out"))
     cfg["data"] = {"train_files": str(train), "test_files": str(test), "max_length": 32}
     proc, run_dir = _run(tmp_path, cfg, "carved")
@@ -60,7 +49,7 @@ def test_files_with_carved_validation_and_an_unlabelled_test_split(tmp_path):
 def test_carving_is_seeded(tmp_path):
     from job import config, data
 
-    train = write_jsonl(tmp_path / "train.jsonl", _demo_rows("train"))
+    train = write_jsonl(tmp_path / "train.jsonl", demo_rows("train"))
     path = write_yaml(tmp_path / "c.yaml", {"data": {"train_files": str(train)}})
 
     def membership(*sets):
@@ -106,11 +95,11 @@ def test_parquet_glob_sources(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    train = _demo_rows("train")
+    train = demo_rows("train")
     for i, part in enumerate((train[:240], train[240:])):
         pq.write_table(pa.Table.from_pylist(part), tmp_path / f"train-{i}.parquet")
-    pq.write_table(pa.Table.from_pylist(_demo_rows("validation")), tmp_path / "validation.parquet")
-    pq.write_table(pa.Table.from_pylist(_demo_rows("test")), tmp_path / "test.parquet")
+    pq.write_table(pa.Table.from_pylist(demo_rows("validation")), tmp_path / "validation.parquet")
+    pq.write_table(pa.Table.from_pylist(demo_rows("test")), tmp_path / "test.parquet")
     cfg = tiny_config(str(tmp_path / "out"))
     cfg["data"] = {
         "train_files": str(tmp_path / "train-*.parquet"),
@@ -131,7 +120,7 @@ def test_label_names_from_a_classlabel(tmp_path):
 
     features = Features({"text": Value("string"), "label": ClassLabel(names=["pos", "neg"])})
     for split in ("train", "validation", "test"):
-        rows = _demo_rows(split)
+        rows = demo_rows(split)
         Dataset.from_dict(
             {"text": [r["text"] for r in rows], "label": [0 if r["label"] == "positive" else 1 for r in rows]}, features=features
         ).to_parquet(str(tmp_path / f"{split}.parquet"))
@@ -140,7 +129,7 @@ def test_label_names_from_a_classlabel(tmp_path):
     _, run_dir = _run(tmp_path, cfg, "classlabel", "training.max_steps=5")
     assert json.loads((run_dir / "model" / "config.json").read_text())["label2id"] == {"pos": 0, "neg": 1}
     first = _predictions(run_dir)[0]
-    assert first["label"] == ("pos" if _demo_rows("test")[0]["label"] == "positive" else "neg")
+    assert first["label"] == ("pos" if demo_rows("test")[0]["label"] == "positive" else "neg")
 
 
 def test_train_head_freezes_the_body(tmp_path):
@@ -154,7 +143,7 @@ def test_train_head_freezes_the_body(tmp_path):
     proc, run_dir = _run(tmp_path, cfg, "head")
     assert "body frozen" in proc.stderr
     trained = load_file(run_dir / "model" / "model.safetensors")
-    texts = (r["text"] for r in _demo_rows("train"))
+    texts = (r["text"] for r in demo_rows("train"))
     _, initial = builtin.build("builtin:tiny-bert", texts, AutoModelForSequenceClassification, {"num_labels": 2}, seed=42)
     initial = initial.state_dict()
     body = [k for k in trained if k.startswith("bert.")]
@@ -180,7 +169,7 @@ def test_predict_command_matches_the_runs_predictions(tmp_path):
     out = tmp_path / "scored.jsonl"
     proc = run_cli("predict", "--model", str(run_dir / "model"), "--input", str(DEMO / "reviews.test.jsonl"), "--output", str(out), check=True)
     assert "60 predictions written" in proc.stdout
-    assert [json.loads(l) for l in out.read_text().splitlines()] == _predictions(run_dir)
+    assert read_jsonl(out) == _predictions(run_dir)
 
 
 def test_json_logs_are_one_object_per_line(tmp_path):

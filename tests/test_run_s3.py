@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import base_env, run_cli, tiny_config, write_yaml
+from conftest import base_env, run_cli, s3_keys, tiny_config, write_yaml
 
 RUN_FILES = {"config.yaml", "metrics.json", "predictions.jsonl", "trainer_state.json", "_SUCCESS"}
 
@@ -24,14 +24,10 @@ def published(s3_server, tmp_path_factory):
     return {"client": client, "bucket": "published", "prefix": "runs/run-1", "proc": proc, "config": cfg, "env": env, "tmp": tmp}
 
 
-def _keys(client, bucket, prefix):
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-    return sorted(obj["Key"] for page in pages for obj in page.get("Contents", []))
-
 
 def test_outputs_land_in_the_bucket_with_a_verifiable_manifest(published):
     client, bucket, prefix = published["client"], published["bucket"], published["prefix"]
-    keys = _keys(client, bucket, prefix)
+    keys = s3_keys(client, bucket, prefix)
     names = {k[len(prefix) + 1 :] for k in keys}
     assert RUN_FILES <= names
     assert {"model/config.json", "model/model.safetensors", "model/tokenizer.json"} <= names
@@ -54,7 +50,7 @@ def test_saved_model_reloads_and_reproduces_the_predictions(published, tmp_path)
     client, bucket, prefix = published["client"], published["bucket"], published["prefix"]
     model_dir = tmp_path / "model"
     model_dir.mkdir()
-    for key in _keys(client, bucket, f"{prefix}/model/"):
+    for key in s3_keys(client, bucket, f"{prefix}/model/"):
         client.download_file(bucket, key, str(model_dir / key.rsplit("/", 1)[1]))
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
@@ -87,8 +83,15 @@ def test_metrics_hold_sklearn_scores_and_the_confusion_matrix(published):
 
 
 def test_rerunning_a_finished_run_id_does_nothing(published):
+    client, bucket, prefix = published["client"], published["bucket"], published["prefix"]
+
+    def versions():
+        return {key: client.head_object(Bucket=bucket, Key=key)["LastModified"] for key in s3_keys(client, bucket, prefix)}
+
+    before = versions()
     proc = run_cli("run", "--config", str(published["config"]), env=published["env"], cwd=published["tmp"], check=True)
     assert "already finished" in proc.stderr
+    assert versions() == before  # nothing rewritten, nothing added
     proc = run_cli(
         "run", "--config", str(published["config"]), "--set", "training.num_train_epochs=1",
         env=published["env"], cwd=published["tmp"],
@@ -111,7 +114,7 @@ def test_wrong_credentials_fail_with_the_storage_exit_code(s3_server, bucket, tm
 def test_unreachable_storage_fails_fast_with_the_storage_exit_code(s3_server, tmp_path):
     cfg = write_yaml(tmp_path / "job.yaml", tiny_config("s3://nowhere/runs"))
     env = base_env(**{**s3_server.env(), "AWS_ENDPOINT_URL": "http://127.0.0.1:9"})
-    proc = run_cli("run", "--config", str(cfg), "--set", "s3.max_attempts=1", env=env, cwd=tmp_path)
+    proc = run_cli("run", "--config", str(cfg), "--set", "s3.max_attempts=1", env=env, cwd=tmp_path, timeout=60)
     assert proc.returncode == 6, proc.stderr
     assert "storage error: s3://nowhere/runs/" in proc.stderr and "Could not connect" in proc.stderr
 
@@ -157,7 +160,7 @@ def test_check_probes_the_bucket_and_leaves_nothing(s3_server, bucket, tmp_path)
     assert "config: ok" in proc.stdout and "labels negative, positive" in proc.stdout
     assert f"output: ok (s3://{bucket}/runs is writable)" in proc.stdout
     assert "model: ok" in proc.stdout
-    assert _keys(s3_server.client(), bucket, "") == []
+    assert s3_keys(s3_server.client(), bucket, "") == []
 
 
 def test_multipart_upload_is_used_above_the_threshold(s3_server, bucket, tmp_path):

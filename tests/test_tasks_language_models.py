@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from conftest import ROOT, SHARED, base_env, run_cli, write_jsonl, write_yaml
+from conftest import ROOT, SHARED, base_env, read_jsonl, run_cli, write_jsonl, write_yaml
 from tiny_models import BERT_VOCAB, bert_with_real_vocab
 
 STORIES = SHARED / "models" / "stories260K-gguf" / "stories260K.gguf"
@@ -118,7 +118,7 @@ def test_fine_tuning_stories260k_lowers_validation_perplexity(tmp_path):
     assert after["eval_predicted_tokens"] == before["eval_predicted_tokens"]  # the same blocks were scored
     assert math.exp(after["eval_loss"]) == pytest.approx(after["eval_perplexity"], rel=0.05)
 
-    rows = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
+    rows = read_jsonl(run_dir / "predictions.jsonl")
     with gzip.open(MULTI30K / "test_2016_flickr.en.gz", "rt", encoding="utf-8") as f:
         assert [r["text"] for r in rows] == [line.rstrip("\n") for line, _ in zip(f, range(100))]
     assert [r["id"] for r in rows] == list(range(100)) and all(r["perplexity"] > 1 for r in rows)

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from conftest import ROOT, SHARED, base_env, run_cli, write_jsonl, write_yaml
+from conftest import ROOT, SHARED, base_env, read_jsonl, run_cli, write_jsonl, write_yaml
 
 E2E = SHARED / "data" / "e2e-nlg"
 TINY_CONFIG = ROOT / "job" / "configs" / "seq2seq-tiny.yaml"
@@ -18,7 +18,7 @@ def _run(tmp_path, run_id: str, *sets: str) -> tuple[dict, list[dict]]:
     args = [a for s in (f"output.uri={tmp_path}", *sets) for a in ("--set", s)]
     run_cli("run", "--config", str(TINY_CONFIG), *args, env=base_env(FINETUNE_RUN_ID=run_id), cwd=ROOT, check=True)
     metrics = json.loads((tmp_path / run_id / "metrics.json").read_text())
-    rows = [json.loads(line) for line in (tmp_path / run_id / "predictions.jsonl").read_text().splitlines()]
+    rows = read_jsonl(tmp_path / run_id / "predictions.jsonl")
     return metrics, rows
 
 
@@ -50,8 +50,8 @@ def _says_the_area(rows: list[dict]) -> float:
 
 
 def test_prefix_targets_and_generation_settings_reach_the_model(tmp_path):
-    """A copy task on made-up rows: the prefix is in the saved settings, beams and length are used, and
-    `finetune-job predict` reads them back from the model directory."""
+    """A copy task on made-up rows: the prefix and generation settings are saved with the model, the
+    length limit holds, and `finetune-job predict` reads them back (it generates what the run did)."""
     words = ["red", "green", "blue", "big", "small", "cat", "dog", "bird"]
     rows = [{"src": " ".join(words[(i + k) % 8] for k in range(3)), "tgt": " ".join(words[(i + k) % 8] for k in range(3))} for i in range(160)]
     write_jsonl(tmp_path / "train.jsonl", rows)
@@ -68,12 +68,13 @@ def test_prefix_targets_and_generation_settings_reach_the_model(tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert 0 < metrics["test_gen_len"] <= 6  # at most 5 new tokens, and the end-of-sequence token
     assert {"test_bleu", "test_rouge1", "test_rouge2", "test_rougeL", "eval_bleu", "test_loss"} <= set(metrics)
-    predicted = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
+    predicted = read_jsonl(run_dir / "predictions.jsonl")
+    assert len({p["generated"] for p in predicted}) > 1  # so that predict matching the run means something
 
     out = tmp_path / "generated.jsonl"
     write_jsonl(tmp_path / "sources.jsonl", [{"src": p["source"]} for p in predicted])
     run_cli("predict", "--model", str(run_dir / "model"), "--input", str(tmp_path / "sources.jsonl"), "--output", str(out), check=True)
-    again = [json.loads(line) for line in out.read_text().splitlines()]
+    again = read_jsonl(out)
     assert [a["generated"] for a in again] == [p["generated"] for p in predicted]
     assert all(a["reference"] is None for a in again)
 

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from conftest import TINY_TRAINING, base_env, run_cli, write_jsonl, write_yaml
+from conftest import TINY_TRAINING, base_env, read_jsonl, run_cli, write_jsonl, write_yaml
 
 TOPICS = {"food": ["pizza", "bread", "soup"], "music": ["song", "guitar", "drum"], "sport": ["goal", "match", "team"]}
 FILLER = ["the", "a", "today", "we", "saw", "some", "and", "then", "very", "nice"]
@@ -46,7 +46,7 @@ def _run(tmp_path, run_id: str, task: dict, data: dict, epochs: int = 4):
     run_cli("run", "--config", str(write_yaml(tmp_path / f"{run_id}.yaml", cfg)), env=base_env(FINETUNE_RUN_ID=run_id),
             cwd=tmp_path, check=True)
     run_dir = tmp_path / "out" / run_id
-    predictions = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
+    predictions = read_jsonl(run_dir / "predictions.jsonl")
     return json.loads((run_dir / "metrics.json").read_text()), predictions, json.loads((run_dir / "model" / "config.json").read_text())
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SHARED, base_env, run_cli, write_jsonl, write_yaml
+from conftest import ROOT, SHARED, base_env, read_jsonl, run_cli, write_jsonl, write_yaml
 from tiny_models import BERT_VOCAB, bert_with_real_vocab
 
 WNUT = SHARED / "data" / "wnut17"
@@ -123,7 +123,7 @@ def test_json_rows_label_all_sub_words_and_predict(tmp_path):
     assert metrics["test_f1"] > 0.8, metrics
     assert {"test_f1_per", "test_precision_loc", "test_recall_loc"} <= set(metrics)
     assert metrics["test_classification_report"]["per"]["support"] > 0
-    predictions = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
+    predictions = read_jsonl(run_dir / "predictions.jsonl")
     assert predictions and all(len(p["predicted"]) == len(p["tokens"]) == len(p["tags"]) for p in predictions)
     assert set(predictions[0]) == {"id", "tokens", "tags", "predicted"}
     # The rows' tags give the metric's F1 again (every sentence fits in max_length).
@@ -132,7 +132,7 @@ def test_json_rows_label_all_sub_words_and_predict(tmp_path):
     out = tmp_path / "scored.jsonl"
     write_jsonl(tmp_path / "unlabelled.jsonl", [{"words": p["tokens"]} for p in predictions])
     run_cli("predict", "--model", str(run_dir / "model"), "--input", str(tmp_path / "unlabelled.jsonl"), "--output", str(out), check=True)
-    scored = [json.loads(line) for line in out.read_text().splitlines()]
+    scored = read_jsonl(out)
     assert [s["predicted"] for s in scored] == [p["predicted"] for p in predictions]
     assert all(s["tags"] is None for s in scored)
 
@@ -158,7 +158,7 @@ def test_wnut17_ner_with_the_tiny_config(tmp_path):
     assert {t: report[t]["support"] for t in types} == {  # B- tags of emerging.test.annotated, per type
         "corporation": 66, "creative-work": 142, "group": 165, "location": 150, "person": 429, "product": 127}
     assert metrics["test_loss"] < math.log(13) / 2  # it learned at least how rare entities are
-    predictions = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
+    predictions = read_jsonl(run_dir / "predictions.jsonl")
     assert [p["id"] for p in predictions] == list(range(1287))
     first = (WNUT / "emerging.test.annotated").read_text().split("\n\n")[0].splitlines()
     assert [(w, t) for w, t in zip(predictions[0]["tokens"], predictions[0]["tags"])] == [tuple(line.split("\t")) for line in first]

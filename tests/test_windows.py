@@ -66,7 +66,9 @@ def test_an_empty_window_is_a_data_error_naming_the_days():
 
 
 def test_without_schedule_date_the_run_date_is_today_in_utc():
-    today = dt.datetime.now(dt.timezone.utc).date()
+    today = windows._today()  # read once per process, so a run crossing midnight keeps its date
+    now = dt.datetime.now(dt.timezone.utc)
+    assert today in {now.date(), (now - dt.timedelta(days=1)).date()}  # this session began today or yesterday
     found, _ = _expand("d/{date}.csv", {f"d/{today.isoformat()}.csv"}, date=None)
     assert found == [f"d/{today.isoformat()}.csv"]
     with pytest.raises(DataError, match="today in UTC; set schedule.date for another day"):
