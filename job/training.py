@@ -11,6 +11,9 @@ only where a batch job needs it:
   unused ones is pure overhead;
 - `report_to: none`; checkpoints when the `checkpoint:` section says (job/checkpoints.py uploads
   them); evaluation every epoch; bf16/TF32 when the GPU supports them.
+
+The Trainer also counts the tokens it trains on, so that metrics.json says how fast the run went and,
+on a GPU, how much of it the model used (job/throughput.py).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import math
 import sys
 from pathlib import Path
 
-from job import tasks
+from job import tasks, throughput
 from job.config import JobConfig
 from job.errors import ConfigError
 
@@ -138,7 +141,16 @@ def _classes(task) -> tuple:
 def _trainer_class(task):
     from torch.utils.data import SequentialSampler
 
-    class JobTrainer(_classes(task)[0]):
+    class JobTrainer(throughput.counting(_classes(task)[0])):
+        def train(self, *args, **kwargs):
+            output = super().train(*args, **kwargs)
+            tokens, sequences = self.counted()  # every worker: the counts are summed across them
+            speed = throughput.train_metrics(self.model, tokens, sequences, output.metrics["train_runtime"], self.args.world_size)
+            output.metrics.update(speed)
+            mfu = f", MFU {speed['train_mfu']:.1%}" if speed["train_mfu"] is not None else ""
+            log.info("train: %d tokens, %.0f tokens/s%s", tokens, speed["train_tokens_per_second"], mfu)
+            return output
+
         def _get_train_sampler(self, train_dataset=None):
             # Trainer drops columns the model does not take (the precomputed `length` among them)
             # before asking for a sampler, which would then re-measure every row: read the column here.
