@@ -77,6 +77,8 @@ def run(cfg: JobConfig, log_format: str = "text") -> RunResult:
 
         # 2. Model and tokenizer (a builtin model trains its tokenizer on the training texts).
         tokenizer, model = models.load(cfg, task, spec, raw["train"], work)
+        if hasattr(task, "fit_to_model"):
+            spec = task.fit_to_model(spec, model, cfg)
 
         # 3. Features: tokenized once; padding happens per batch in the collator.
         features = task.preprocess(raw, tokenizer, cfg, spec)

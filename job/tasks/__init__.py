@@ -32,6 +32,9 @@ and, only when it needs them (job/training.py reads these with getattr):
     preprocess_logits_for_metrics(logits, labels)
                              shrinks each evaluation batch's logits before they are gathered: a language
                              model's vocabulary-sized logits for a whole test set would not fit in memory
+    fit_to_model(spec, model, cfg) -> spec
+                             what the task decides once the model is loaded, before preprocessing (causal-lm:
+                             whether the model keeps packed documents apart)
 
 Adding a task is one module and one line in TASKS. Helpers shared by several tasks live in modules
 that are not registered (language_model.py).

@@ -4,7 +4,16 @@ The data is plain text in `data.text_column`. Training and validation text is to
 (each text ending with the tokenizer's end-of-text token where it has one, so documents stay apart)
 and cut into blocks of `data.max_length` tokens (the tokenizer's limit, at most 512, when unset): no
 padding is wasted and long documents are learned whole, as transformers' run_clm/run_mlm do. The
-last, shorter block of each tokenization batch is kept and padded in its batch.
+last, shorter block of each tokenization batch is kept and padded in its batch. Attention then runs
+across the documents inside a block.
+
+Packed instead (causal-lm's `task.packing`): whole documents are laid into blocks of at most
+`data.max_length` tokens, each keeping its own positions from 0 (a longer one is cut into block-sized
+pieces), and the collator passes position ids and no attention mask, from which transformers' masks
+keep each document to itself (masking_utils finds the packed sequences; FlashAttention's varlen path
+takes their boundaries). A batch is then either rows padded at the end (sdpa, eager: right padding
+needs no mask in a causal model) or, for FlashAttention, one row with no padding at all. Whether a
+model keeps packed documents apart is checked, not assumed: `keeps_documents_apart`.
 
 The test split is scored one row at a time instead (each truncated to one block), so that every
 prediction row is one input row: its id, its text, how many tokens were predicted and their mean loss
@@ -31,6 +40,9 @@ NO_TARGET = -1.0  # a position's loss when nothing is predicted there (a loss is
 @dataclass
 class Spec:
     text_column: str
+    # Training and validation blocks: None, documents concatenated; "rows" or "flat", packed documents
+    # in padded rows or one row per batch (decided with the model loaded: causal_lm.fit_to_model).
+    packing: str | None = None
 
 
 def inspect(splits, cfg) -> Spec:
@@ -83,6 +95,8 @@ def preprocess(splits, tokenizer, cfg, spec: Spec, *, end_with_eos: bool, tokeni
         encoded = tokenizer(texts, **options)
         if eos is not None:
             encoded["input_ids"] = [ended(ids, room=True) for ids in encoded["input_ids"]]
+        if spec.packing:
+            return pack(encoded["input_ids"], size)
         columns = {key: list(chain.from_iterable(encoded[key])) for key in ("input_ids", *_extra_columns(options))}
         total = len(columns["input_ids"])
         blocks = {key: [values[i : i + size] for i in range(0, total, size)] for key, values in columns.items()}
@@ -96,6 +110,98 @@ def preprocess(splits, tokenizer, cfg, spec: Spec, *, end_with_eos: bool, tokeni
         kwargs = {} if is_iterable(ds) else {"num_proc": cfg.data.num_proc, "desc": f"tokenize {split}"}
         out[split] = ds.map(encode, batched=True, remove_columns=remove, fn_kwargs={"split": split}, **kwargs)
     return out
+
+
+def pack(documents: list[list[int]], size: int) -> dict[str, list]:
+    """Whole documents in blocks of at most `size` tokens, in their order, each document's positions
+    counted from 0; a document longer than a block is cut into block-sized pieces, each its own."""
+    blocks: list[list[int]] = [[]]
+    positions: list[list[int]] = [[]]
+    for document in documents:
+        for start in range(0, len(document), size):
+            piece = document[start : start + size]
+            if len(blocks[-1]) + len(piece) > size:
+                blocks.append([])
+                positions.append([])
+            blocks[-1] += piece
+            positions[-1] += range(len(piece))
+    kept = [i for i, block in enumerate(blocks) if block]
+    return {
+        "input_ids": [blocks[i] for i in kept],
+        "position_ids": [positions[i] for i in kept],
+        "length": [len(blocks[i]) for i in kept],
+    }
+
+
+def packed_collator(padded, pad_token_id: int, *, flat: bool, pad_to_multiple_of: int | None):
+    """Batches of packed blocks (see the module docstring); test rows, which are not packed, go to
+    `padded`, the task's own collator. Every token of a document but its first is a target."""
+    from transformers import DataCollatorWithFlattening
+
+    # One row, and the documents' boundaries as FlashAttention's varlen arguments: without them
+    # transformers infers them from the position ids in every layer, a GPU sync each time.
+    flatten = DataCollatorWithFlattening(return_flash_attn_kwargs=True)
+
+    def collate(features: list[dict]) -> dict:
+        if "position_ids" not in features[0]:
+            return padded(features)
+        if flat:
+            return flatten([{"input_ids": document} for f in features for document in _documents(f)])
+        return _padded_rows(features, pad_token_id, pad_to_multiple_of)
+
+    return collate
+
+
+def _documents(block: dict) -> list[list[int]]:
+    ids, positions = block["input_ids"], block["position_ids"]
+    starts = [i for i, position in enumerate(positions) if position == 0] + [len(ids)]
+    return [list(ids[a:b]) for a, b in zip(starts, starts[1:])]
+
+
+def _padded_rows(features: list[dict], pad_token_id: int, pad_to_multiple_of: int | None) -> dict:
+    """Blocks padded at the end to one width, with no attention mask: in a causal model no token
+    attends to a later one, so the padding only extends the last document's positions and is never
+    a target."""
+    import torch
+
+    width = max(len(f["input_ids"]) for f in features)
+    if pad_to_multiple_of:
+        width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+    ids, positions, labels = [], [], []
+    for f in features:
+        row, position = list(f["input_ids"]), list(f["position_ids"])
+        extra = width - len(row)
+        ids.append(row + [pad_token_id] * extra)
+        positions.append(position + list(range(position[-1] + 1, position[-1] + 1 + extra)))
+        labels.append([token if p else -100 for token, p in zip(row, position)] + [-100] * extra)
+    return {"input_ids": torch.tensor(ids), "position_ids": torch.tensor(positions), "labels": torch.tensor(labels)}
+
+
+def keeps_documents_apart(model) -> bool:
+    """Whether this model, with its attention implementation, keeps packed documents apart: the
+    logits of the second of two documents packed in one row (position ids, no mask) must not move
+    when the first one's tokens change. Two forward passes of 9 tokens, on the model's device.
+    transformers 5.24's OPT and Bloom, and every bidirectional encoder (BERT), fail it."""
+    import torch
+
+    vocabulary = model.get_input_embeddings().num_embeddings
+    generator = torch.Generator().manual_seed(0)
+    first, second = torch.randint(vocabulary, (1, 5), generator=generator), torch.randint(vocabulary, (1, 4), generator=generator)
+    positions = torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2, 3]])
+    device = next(model.parameters()).device
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = [
+                model(input_ids=torch.cat([a, second], 1).to(device), position_ids=positions.to(device), use_cache=False).logits[0, 5:].float()
+                for a in (first, (first + 1) % vocabulary)
+            ]
+    except (TypeError, ValueError, RuntimeError):  # a model that takes no position ids, or not this way
+        return False
+    finally:
+        model.train(training)
+    return bool((logits[0] - logits[1]).abs().max() <= 1e-4 * max(1.0, float(logits[0].abs().max())))
 
 
 def _extra_columns(tokenizer_kwargs: dict) -> tuple[str, ...]:
