@@ -45,6 +45,10 @@ class ModelConfig:
     revision: str | None = _setting(None, "Hub revision (branch, tag or commit) of the model.")
     trust_remote_code: bool = _setting(False, "Run model code shipped with a Hub model. Off unless you trust it.")
     train: str = _setting("all", "'all' fine-tunes every layer; 'head' freezes the pretrained body (transfer learning).")
+    attn_implementation: str | None = _setting(
+        None, "Attention kernel: sdpa, eager, flash_attention_2, flash_attention_3, flex_attention or a Hub kernel; "
+        "transformers' default (sdpa where the model has it) when unset.",
+    )
 
 
 @dataclass

@@ -35,6 +35,8 @@ def load(cfg: JobConfig, task, spec, train_split, work_dir: Path):
     else:
         location = resolve(cfg, work_dir)
         tokenizer, model = _from_pretrained(location, cfg, cls, kwargs, work_dir)
+    if cfg.model.attn_implementation:
+        _set_attention(model, cfg.model.attn_implementation)
     if cfg.model.train == "head":
         _freeze_body(model)
     return tokenizer, model
@@ -90,6 +92,18 @@ def _explain(exc: Exception, location: str) -> str:
     if not Path(location).exists() and env.hub_offline():
         return f"not a local directory, and the Hub is off (HF_HUB_OFFLINE=1): {text[:200]}"
     return text[:300]
+
+
+def _set_attention(model, name: str) -> None:
+    """`model.attn_implementation`, refused in one line where its package is missing (flash_attn) or
+    the model has no such kernel."""
+    try:
+        model.set_attn_implementation(name)
+    except (ImportError, ValueError) as exc:
+        raise ModelError(str(exc).strip().splitlines()[0][:300], where="model.attn_implementation") from None
+    if model.config._attn_implementation != name:  # transformers only warns for a model that cannot switch
+        raise ModelError(f"{type(model).__name__} cannot switch its attention to {name}", where="model.attn_implementation")
+    log.info("model: %s attention", name)
 
 
 def _freeze_body(model) -> None:

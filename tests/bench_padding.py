@@ -83,6 +83,8 @@ def padded_share(config: Path) -> float:
     spec = task.inspect(raw, cfg)
     with tempfile.TemporaryDirectory() as work:
         tokenizer, model = models.load(cfg, task, spec, raw["train"], Path(work))
+        if hasattr(task, "fit_to_model"):
+            spec = task.fit_to_model(spec, model, cfg)
         features = task.preprocess(raw, tokenizer, cfg, spec)
         collator = task.collator(tokenizer, cfg, spec, pad_to_multiple_of=None)
         args = training.arguments(cfg, Path(work) / "trainer", progress_bars=False)
