@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 PIP_FLAGS ?=
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: venv run test test-fast bench clean
+.PHONY: venv run test test-fast bench bench-gpu clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ test-fast: $(STAMP)
 ## bench: padding-to-max-length against dynamic padding, one table
 bench: $(STAMP)
 	$(BIN)/python tests/bench_padding.py
+
+## bench-gpu: training tokens/s and MFU, the job's defaults against plain Trainer and each GPU default on/off
+## (tiny models on CPU; on a GPU machine without this venv: bash tests/gpu_check.sh)
+bench-gpu: $(STAMP)
+	$(BIN)/python tests/bench_gpu.py
 
 # ---- the container image (docker/Dockerfile) ----
 .PHONY: image image-gpu docker-run
