@@ -210,7 +210,8 @@ def _plain_trainer(workload: str, prepared: dict, args, folder: Path):
     from job import throughput
 
     tokenizer = AutoTokenizer.from_pretrained(prepared["model"])
-    rows = [json.loads(line) for line in Path(prepared["files"]["train_files"]).read_text().splitlines()]
+    needed = args.batch_size * (args.warmup + args.steps)  # no more than it trains on: padding them all costs time
+    rows = [json.loads(line) for line in Path(prepared["files"]["train_files"]).read_text().splitlines()[:needed]]
     encoded = tokenizer([r["text"] for r in rows], padding="max_length", truncation=True, max_length=128)
     if "classification" in workload:
         dataset = Dataset.from_dict({**encoded, "labels": [r["label"] for r in rows]})
@@ -221,7 +222,6 @@ def _plain_trainer(workload: str, prepared: dict, args, folder: Path):
     trainer_args = TrainingArguments(
         output_dir=str(folder / "plain"), per_device_train_batch_size=args.batch_size, max_steps=args.warmup + args.steps,
         learning_rate=1e-4, seed=0, report_to="none", save_strategy="no", logging_steps=10**6, use_cpu=not torch.cuda.is_available(),
-        disable_tqdm=True,  # only so the table is not interleaved with progress bars
     )
     return throughput.counting(Trainer)(model=model, args=trainer_args, train_dataset=dataset, data_collator=collator)
 
@@ -350,6 +350,8 @@ def main() -> None:
         return
 
     workloads = [w.strip() for w in args.workloads.split(",")] if args.workloads else list(WORKLOADS)
+    if set(workloads) - set(WORKLOADS):
+        sys.exit(f"unknown workload(s) {sorted(set(workloads) - set(WORKLOADS))}; choose from: {', '.join(WORKLOADS)}")
     variants = chosen_variants(args.variants, gpu)
     skipped = [] if args.variants else [n for n in VARIANTS if n not in variants]
     results: dict[str, dict] = {}
@@ -363,8 +365,9 @@ def main() -> None:
                     continue
                 started = time.monotonic()
                 print(f"{workload}: {variant} ...", file=sys.stderr, flush=True)
-                results[workload][variant] = _measure(workload, variant, prepared, Path(tmp) / "prepared.json", args)
-                print(f"  {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+                result = results[workload][variant] = _measure(workload, variant, prepared, Path(tmp) / "prepared.json", args)
+                # Each row as it comes, so a run cut short still leaves its figures in the log.
+                print(f"  {time.monotonic() - started:.0f} s: {json.dumps(result)}", file=sys.stderr, flush=True)
     print_table(results, prepared, args, gpu, skipped)
     if args.json:
         args.json.write_text(json.dumps({"device": torch.cuda.get_device_name() if gpu else "cpu", "results": results}, indent=2))

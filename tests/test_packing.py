@@ -158,8 +158,8 @@ def test_padded_rows_and_flat_rows_count_exactly_their_real_tokens(tmp_path):
     documents = sum(f["position_ids"].count(0) for f in features)
     rows = collate(features)
     assert rows["input_ids"].numel() > real  # rows of unequal lengths were padded ...
-    pad = rows["labels"] == -100
-    assert (rows["input_ids"][pad & (rows["position_ids"] != 0)] == tokenizer.pad_token_id).all()
+    padding = (rows["labels"] == -100) & (rows["position_ids"] != 0)
+    assert padding.any() and (rows["position_ids"][:, 1:] - rows["position_ids"][:, :-1])[padding[:, 1:]].eq(1).all()  # extends the last document
     tokens, sequences = throughput.batch_tokens(rows)
     assert (int(tokens), int(sequences)) == (real, documents)  # ... and the padding is not counted
     _, _, flat_collate = _packed_features(tmp_path, "flat", _captions(60))

@@ -90,9 +90,7 @@ def collator(tokenizer, cfg, spec: Spec, pad_to_multiple_of: int | None):
     padded = DataCollatorForLanguageModeling(tokenizer, mlm=False, pad_to_multiple_of=pad_to_multiple_of)
     if spec is None or spec.packing is None:
         return padded
-    return language_model.packed_collator(
-        padded, tokenizer.pad_token_id, flat=spec.packing == "flat", pad_to_multiple_of=pad_to_multiple_of
-    )
+    return language_model.packed_collator(padded, flat=spec.packing == "flat", pad_to_multiple_of=pad_to_multiple_of)
 
 
 preprocess_logits_for_metrics = partial(language_model.token_losses, shift=True)

@@ -133,7 +133,7 @@ def pack(documents: list[list[int]], size: int) -> dict[str, list]:
     }
 
 
-def packed_collator(padded, pad_token_id: int, *, flat: bool, pad_to_multiple_of: int | None):
+def packed_collator(padded, *, flat: bool, pad_to_multiple_of: int | None):
     """Batches of packed blocks (see the module docstring); test rows, which are not packed, go to
     `padded`, the task's own collator. Every token of a document but its first is a target."""
     from transformers import DataCollatorWithFlattening
@@ -147,7 +147,7 @@ def packed_collator(padded, pad_token_id: int, *, flat: bool, pad_to_multiple_of
             return padded(features)
         if flat:
             return flatten([{"input_ids": document} for f in features for document in _documents(f)])
-        return _padded_rows(features, pad_token_id, pad_to_multiple_of)
+        return _padded_rows(features, pad_to_multiple_of)
 
     return collate
 
@@ -158,10 +158,11 @@ def _documents(block: dict) -> list[list[int]]:
     return [list(ids[a:b]) for a, b in zip(starts, starts[1:])]
 
 
-def _padded_rows(features: list[dict], pad_token_id: int, pad_to_multiple_of: int | None) -> dict:
+def _padded_rows(features: list[dict], pad_to_multiple_of: int | None) -> dict:
     """Blocks padded at the end to one width, with no attention mask: in a causal model no token
     attends to a later one, so the padding only extends the last document's positions and is never
-    a target."""
+    a target. It repeats the row's last token, whose value nothing reads; the pad token would make
+    transformers warn that the attention mask is missing."""
     import torch
 
     width = max(len(f["input_ids"]) for f in features)
@@ -171,7 +172,7 @@ def _padded_rows(features: list[dict], pad_token_id: int, pad_to_multiple_of: in
     for f in features:
         row, position = list(f["input_ids"]), list(f["position_ids"])
         extra = width - len(row)
-        ids.append(row + [pad_token_id] * extra)
+        ids.append(row + row[-1:] * extra)
         positions.append(position + list(range(position[-1] + 1, position[-1] + 1 + extra)))
         labels.append([token if p else -100 for token, p in zip(row, position)] + [-100] * extra)
     return {"input_ids": torch.tensor(ids), "position_ids": torch.tensor(positions), "labels": torch.tensor(labels)}
