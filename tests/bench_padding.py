@@ -1,12 +1,19 @@
-"""`make bench`: the job's defaults against padding every batch to max_length (the HF example scripts' default).
+"""`make bench`: the job's defaults against padding every batch to max_length (the HF example scripts' default),
+and for causal-lm, packed documents against blocks cut across documents.
 
-    python tests/bench_padding.py                  # rotten_tomatoes rebuild from ../shared, 1 epoch
+    python tests/bench_padding.py                  # rotten_tomatoes rebuild from ../shared, 1 epoch; Multi30k captions
     python tests/bench_padding.py --epochs 2 --max-length 128
 
 Each variant is one real `finetune-job run` in its own process (builtin tiny BERT, same seed, same data),
-so wall time and peak RSS are the whole job's. Train samples/s come from the run's metrics.json. The
-share of padded tokens is counted over one epoch of the training batches the job's own data loader
-yields for that config. Ratios are against the padded baseline measured in the same invocation.
+so wall time and peak RSS are the whole job's. Train samples/s and tokens/s come from the run's
+metrics.json. The share of padded tokens is counted over one epoch of the training batches the job's
+own data loader yields for that config (job/throughput.py's count of real tokens). Ratios are against
+the first row of the table, measured in the same invocation.
+
+The causal-lm table trains builtin:tiny-gpt on 5000 of Multi30k's English captions (a document each)
+in blocks of max_length: packing off concatenates them and cuts blocks across documents (the job's
+behaviour before packing; attention crosses documents); packed keeps each caption whole, from its own
+position 0, attending only to itself. A sample is a block in both.
 """
 
 from __future__ import annotations
@@ -29,6 +36,11 @@ VARIANTS = {
     "job defaults (dynamic + length-grouped)": {},
 }
 BASELINE = "pad to max_length (HF examples)"
+LM_VARIANTS = {
+    "blocks across documents (packing off)": {"task": {"name": "causal-lm", "packing": False}},
+    "packed documents (job default)": {},
+}
+MULTI30K = SHARED / "data" / "multi30k-en-de"
 
 
 def write_data(folder: Path) -> tuple[dict, str]:
@@ -58,6 +70,19 @@ def config_for(variant: dict, data: dict, args, out: Path) -> dict:
     return cfg
 
 
+def lm_config_for(variant: dict, args, out: Path) -> dict:
+    files = {"train_files": "train.en.gz", "validation_files": "val.en.gz", "test_files": "test_2016_flickr.en.gz"}
+    return {
+        "task": {"name": "causal-lm", **variant.get("task", {})},
+        "model": {"name": "builtin:tiny-gpt"},
+        "data": {**{k: str(MULTI30K / v) for k, v in files.items()}, "format": "text", "max_length": args.max_length,
+                 "max_train_samples": 5000, "max_eval_samples": 500, "max_predict_samples": 200},
+        "output": {"uri": str(out)},
+        "training": {"num_train_epochs": args.epochs, "learning_rate": 0.003, "per_device_train_batch_size": 16,
+                     "per_device_eval_batch_size": 32, "eval_strategy": "no", "logging_steps": 100},
+    }
+
+
 def run_job(config: Path, run_id: str, cwd: Path) -> tuple[float, int]:
     """Run the job; return (wall seconds, peak RSS in MiB) of that process."""
     start = time.monotonic()
@@ -75,7 +100,7 @@ def run_job(config: Path, run_id: str, cwd: Path) -> tuple[float, int]:
 def padded_share(config: Path) -> float:
     """Share of padding in one epoch of the training batches the job would feed the model."""
     from job import config as config_module
-    from job import data, models, tasks, training
+    from job import data, models, tasks, throughput, training
 
     cfg = config_module.load(str(config), use_env=False)
     task = tasks.get(cfg.task.name)
@@ -91,48 +116,68 @@ def padded_share(config: Path) -> float:
         trainer = training.trainer(cfg, args, model, tokenizer, features, collator, compute_metrics=None)
         real = total = 0
         for batch in trainer.get_train_dataloader():
-            mask = batch["attention_mask"]
-            real += int(mask.sum())
-            total += mask.numel()
+            real += int(throughput.batch_tokens(batch)[0])  # packed batches have no attention mask
+            total += batch["input_ids"].numel()
     return 1 - real / total
+
+
+def measure(name: str, raw: dict, folder: Path, i: int) -> dict:
+    config = write_yaml(folder / f"variant{i}.yaml", raw)
+    wall, rss = run_job(config, f"bench-{i}", folder)
+    metrics = json.loads((folder / "out" / f"bench-{i}" / "metrics.json").read_text())
+    return {
+        "variant": name,
+        "wall_s": wall,
+        "train_samples_s": metrics["train_samples_per_second"],
+        "train_tokens_s": metrics["train_tokens_per_second"],
+        "padded": padded_share(config),
+        "peak_rss_mib": rss,
+        "score": metrics.get("test_accuracy", metrics.get("test_perplexity", float("nan"))),
+    }
+
+
+def print_table(title: str, rows: list[dict], score: str) -> None:
+    base = rows[0]
+    print(f"\n{title}")
+    header = (f"{'variant':42} {'wall s':>8} {'x base':>7} {'train samples/s':>16} {'x base':>7} {'train tokens/s':>15} "
+              f"{'x base':>7} {'padded tokens':>14} {'peak RSS MiB':>13} {score:>9}")
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(
+            f"{r['variant']:42} {r['wall_s']:8.1f} {base['wall_s'] / r['wall_s']:6.2f}x {r['train_samples_s']:16.1f} "
+            f"{r['train_samples_s'] / base['train_samples_s']:6.2f}x {r['train_tokens_s']:15.0f} "
+            f"{r['train_tokens_s'] / base['train_tokens_s']:6.2f}x {r['padded']:13.1%} {r['peak_rss_mib']:13d} {r['score']:9.4f}"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=float, default=1)
     parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--only", choices=("classification", "causal-lm"), help="one of the two tables")
     args = parser.parse_args()
     os.environ.update(base_env())
 
-    rows = []
+    rows, lm_rows = [], []
     with tempfile.TemporaryDirectory(prefix="finetune-bench-") as tmp:
         folder = Path(tmp)
         data, described = write_data(folder)
-        for i, (name, variant) in enumerate(VARIANTS.items()):
-            config = write_yaml(folder / f"variant{i}.yaml", config_for(variant, data, args, folder / "out"))
-            wall, rss = run_job(config, f"bench-{i}", folder)
-            metrics = json.loads((folder / "out" / f"bench-{i}" / "metrics.json").read_text())
-            rows.append({
-                "variant": name,
-                "wall_s": wall,
-                "train_samples_s": metrics["train_samples_per_second"],
-                "padded": padded_share(config),
-                "peak_rss_mib": rss,
-                "test_accuracy": metrics.get("test_accuracy", float("nan")),
-            })
+        if args.only != "causal-lm":
+            for i, (name, variant) in enumerate(VARIANTS.items()):
+                rows.append(measure(name, config_for(variant, data, args, folder / "out"), folder, i))
+        if args.only != "classification" and MULTI30K.is_dir():
+            for i, (name, variant) in enumerate(LM_VARIANTS.items(), start=len(VARIANTS)):
+                lm_rows.append(measure(name, lm_config_for(variant, args, folder / "out"), folder, i))
 
-    base = next(r for r in rows if r["variant"] == BASELINE)
-    print(f"\nfinetune-job padding benchmark: {described}; builtin:tiny-bert, {args.epochs:g} epoch(s), "
-          f"max_length {args.max_length}, batch 32, CPU x{os.cpu_count()}, torch threads default")
-    header = f"{'variant':42} {'wall s':>8} {'x base':>7} {'train samples/s':>16} {'x base':>7} {'padded tokens':>14} {'peak RSS MiB':>13} {'test acc':>9}"
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        print(
-            f"{r['variant']:42} {r['wall_s']:8.1f} {base['wall_s'] / r['wall_s']:6.2f}x {r['train_samples_s']:16.1f} "
-            f"{r['train_samples_s'] / base['train_samples_s']:6.2f}x {r['padded']:13.1%} {r['peak_rss_mib']:13d} {r['test_accuracy']:9.4f}"
-        )
-    print("x base: speed-up against the padded baseline in this same run (higher is faster).")
+    print(f"\nfinetune-job padding benchmark: {args.epochs:g} epoch(s), max_length {args.max_length}, "
+          f"CPU x{os.cpu_count()}, torch threads default")
+    if rows:
+        print_table(f"text-classification: {described}; builtin:tiny-bert, batch 32", rows, "test acc")
+    if lm_rows:
+        print_table("causal-lm: 5000 Multi30k English captions; builtin:tiny-gpt, batch 16 blocks", lm_rows, "test ppl")
+    print("x base: against the first row of its table in this same run (higher is faster). Train tokens/s counts "
+          "non-padding tokens; padded tokens: the share of padding in one epoch of the training batches.")
 
 
 if __name__ == "__main__":
