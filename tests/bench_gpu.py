@@ -171,8 +171,6 @@ def _job_trainer(workload: str, prepared: dict, changes: dict, args, folder: Pat
     """The job's recipe (job/run.py, steps 1-4) on this workload, with `changes` over its config."""
     import yaml
 
-    from job import config, data, models, tasks, training
-
     raw = {
         "task": {"name": "text-classification" if "classification" in workload else "causal-lm"},
         "model": {"name": prepared["model"]},
@@ -187,7 +185,17 @@ def _job_trainer(workload: str, prepared: dict, changes: dict, args, folder: Pat
         raw.setdefault(section, {}).update(values)
     path = folder / "job.yaml"
     path.write_text(yaml.safe_dump(raw))
+    from job import config, training
+
     cfg = config.load(str(path), use_env=False)
+    return job_recipe(cfg, folder, pad_to_multiple_of=8 if training.on_gpu() else None)[0]
+
+
+def job_recipe(cfg, folder: Path, pad_to_multiple_of: int | None = None):
+    """job/run.py's steps 1-4 in this process, up to a Trainer ready to train: (trainer, features, spec).
+    The benchmarks and tests/test_throughput.py measure what it builds."""
+    from job import data, models, tasks, training
+
     task = tasks.get(cfg.task.name)
     splits = data.load_splits(cfg)
     spec = task.inspect(splits, cfg)
@@ -195,9 +203,9 @@ def _job_trainer(workload: str, prepared: dict, changes: dict, args, folder: Pat
     if hasattr(task, "fit_to_model"):
         spec = task.fit_to_model(spec, model, cfg)
     features = task.preprocess(splits, tokenizer, cfg, spec)
-    collator = task.collator(tokenizer, cfg, spec, pad_to_multiple_of=8 if training.on_gpu() else None)
+    collator = task.collator(tokenizer, cfg, spec, pad_to_multiple_of=pad_to_multiple_of)
     trainer_args = training.arguments(cfg, folder / "trainer", progress_bars=False)
-    return training.trainer(cfg, trainer_args, model, tokenizer, features, collator, compute_metrics=None)
+    return training.trainer(cfg, trainer_args, model, tokenizer, features, collator, compute_metrics=None), features, spec
 
 
 def _plain_trainer(workload: str, prepared: dict, args, folder: Path):

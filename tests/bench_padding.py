@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+from bench_gpu import job_recipe  # noqa: E402
 from conftest import SHARED, base_env, rotten_tomatoes_splits, write_jsonl, write_yaml  # noqa: E402
 
 VARIANTS = {
@@ -100,20 +101,11 @@ def run_job(config: Path, run_id: str, cwd: Path) -> tuple[float, int]:
 def padded_share(config: Path) -> float:
     """Share of padding in one epoch of the training batches the job would feed the model."""
     from job import config as config_module
-    from job import data, models, tasks, throughput, training
+    from job import throughput
 
     cfg = config_module.load(str(config), use_env=False)
-    task = tasks.get(cfg.task.name)
-    raw = data.load_splits(cfg)
-    spec = task.inspect(raw, cfg)
     with tempfile.TemporaryDirectory() as work:
-        tokenizer, model = models.load(cfg, task, spec, raw["train"], Path(work))
-        if hasattr(task, "fit_to_model"):
-            spec = task.fit_to_model(spec, model, cfg)
-        features = task.preprocess(raw, tokenizer, cfg, spec)
-        collator = task.collator(tokenizer, cfg, spec, pad_to_multiple_of=None)
-        args = training.arguments(cfg, Path(work) / "trainer", progress_bars=False)
-        trainer = training.trainer(cfg, args, model, tokenizer, features, collator, compute_metrics=None)
+        trainer = job_recipe(cfg, Path(work))[0]
         real = total = 0
         for batch in trainer.get_train_dataloader():
             real += int(throughput.batch_tokens(batch)[0])  # packed batches have no attention mask

@@ -48,20 +48,10 @@ def test_dense_bf16_peaks_by_device_name(name, tflops):
 
 
 def _train(tmp_path, raw: dict):
-    """The recipe of job/run.py up to training, in this process; returns (train metrics, train features)."""
-    from job import data, models, tasks, training
+    """The recipe of job/run.py up to training, in this process; returns (train metrics, train features, spec)."""
+    from bench_gpu import job_recipe
 
-    cfg = _cfg(tmp_path, raw)
-    task = tasks.get(cfg.task.name)
-    splits = data.load_splits(cfg)
-    spec = task.inspect(splits, cfg)
-    tokenizer, model = models.load(cfg, task, spec, splits["train"], tmp_path)
-    if hasattr(task, "fit_to_model"):
-        spec = task.fit_to_model(spec, model, cfg)
-    features = task.preprocess(splits, tokenizer, cfg, spec)
-    collator = task.collator(tokenizer, cfg, spec, pad_to_multiple_of=None)
-    args = training.arguments(cfg, tmp_path / "trainer", progress_bars=False)
-    trainer = training.trainer(cfg, args, model, tokenizer, features, collator, compute_metrics=None)
+    trainer, features, spec = job_recipe(_cfg(tmp_path, raw), tmp_path)
     return trainer.train().metrics, features["train"], spec
 
 
