@@ -65,12 +65,15 @@ def matmul_weights(model) -> int:
 
 
 def flops_per_token(model, mean_sequence_length: float) -> float | None:
-    """Model FLOPs per trained token, 6N + 12 L H Q T; None for encoder-decoder models."""
+    """Model FLOPs per trained token, 6N + 12 L H Q T; None for encoder-decoder models, and for a
+    config that does not name its layers, heads and width the usual way."""
     config = model.config
     if getattr(config, "is_encoder_decoder", False):
         return None
     config = config.get_text_config()
-    layers, heads, hidden = config.num_hidden_layers, config.num_attention_heads, config.hidden_size
+    layers, heads, hidden = (getattr(config, key, None) for key in ("num_hidden_layers", "num_attention_heads", "hidden_size"))
+    if not (layers and heads and hidden):
+        return None
     head_dim = getattr(config, "head_dim", None) or hidden // heads
     return 6 * matmul_weights(model) + 12 * layers * heads * head_dim * mean_sequence_length
 

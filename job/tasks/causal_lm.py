@@ -36,8 +36,8 @@ MODEL_CLASS = "AutoModelForCausalLM"
 BUILTIN_MODEL = "builtin:tiny-gpt"
 PROMOTION_METRIC = "test_perplexity"  # what the promotion gate compares unless promotion.metric says
 
-
 log = logging.getLogger(__name__)
+
 
 @dataclass
 class Settings:
