@@ -291,7 +291,7 @@ def chosen_variants(names: str | None, gpu: bool) -> list[str]:
 
 def _row(name: str, result: dict, plain: dict | None, job: dict | None) -> str:
     if "error" in result:
-        return f"  {name:38} failed: {result['error']}"
+        return f"  {name:38} {result['error']}"
     ratio = lambda base: f"{result['tokens_per_s'] / base['tokens_per_s']:6.2f}x" if base and "error" not in base else "     -"  # noqa: E731
     mfu = f"{result['mfu']:6.1%}" if result["mfu"] is not None else "     -"
     return (f"  {name:38} {result['tokens_per_s']:11.0f} {ratio(plain)} {ratio(job)} {result['samples_per_s']:10.1f} "
@@ -338,6 +338,8 @@ def main() -> None:
     parser.add_argument("--workloads", help=f"comma-separated subset of: {', '.join(WORKLOADS)}")
     parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared", help="the ../shared folder (data, vocabulary)")
     parser.add_argument("--same-process", action="store_true", help="run every variant in this process (faster, less isolated)")
+    parser.add_argument("--row-timeout", type=float, default=300, help="seconds one row's process may take")
+    parser.add_argument("--budget", type=float, help="seconds after which no further row starts (the rest are reported not run)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--one", nargs=3, metavar=("WORKLOAD", "VARIANT", "PREPARED_JSON"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -362,16 +364,19 @@ def main() -> None:
         sys.exit(f"unknown workload(s) {sorted(set(workloads) - set(WORKLOADS))}; choose from: {', '.join(WORKLOADS)}")
     variants = chosen_variants(args.variants, gpu)
     skipped = [] if args.variants else [n for n in VARIANTS if n not in variants]
-    results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="finetune-bench-gpu-") as tmp:
         prepared = prepare(Path(tmp), args.shared, args.tiny, args.batch_size, args.warmup + args.steps, args.texts)
         (Path(tmp) / "prepared.json").write_text(json.dumps(prepared))
-        for workload in workloads:
-            results[workload] = {}
-            for variant in variants:
+        results = {workload: {} for workload in workloads}
+        deadline = time.monotonic() + args.budget if args.budget else None
+        for variant in variants:  # variant by variant, both workloads each: the baselines first
+            for workload in workloads:
                 if "lm" in VARIANTS[variant][1] and "causal" not in workload:
                     continue
                 started = time.monotonic()
+                if deadline is not None and started > deadline:
+                    results[workload][variant] = {"error": f"not run: past --budget {args.budget:g} s"}
+                    continue
                 print(f"{workload}: {variant} ...", file=sys.stderr, flush=True)
                 result = results[workload][variant] = _measure(workload, variant, prepared, Path(tmp) / "prepared.json", args)
                 # Each row as it comes, so a run cut short still leaves its figures in the log.
@@ -387,15 +392,18 @@ def _measure(workload: str, variant: str, prepared: dict, prepared_path: Path, a
         try:
             return run_variant(workload, variant, prepared[workload], args)
         except Exception as exc:  # noqa: BLE001  one variant's failure is reported in its row
-            return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:150]}"}
+            return {"error": f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:150]}"}
     command = [sys.executable, __file__, "--one", workload, variant, str(prepared_path), "--steps", str(args.steps),
                "--warmup", str(args.warmup), "--batch-size", str(args.batch_size), "--shared", str(args.shared)]
     if args.tiny:
         command.append("--tiny")
-    proc = subprocess.run(command, capture_output=True, text=True)
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=args.row_timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"failed: not done in --row-timeout {args.row_timeout:g} s"}
     if proc.returncode != 0:
         lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-        return {"error": (lines[-1] if lines else f"exit {proc.returncode}")[:150]}
+        return {"error": "failed: " + (lines[-1] if lines else f"exit {proc.returncode}")[:150]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 

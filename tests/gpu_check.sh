@@ -5,7 +5,7 @@
 #   bash tests/gpu_check.sh prepare   # here, with PyPI: fills .gpu/ (git-ignored) with what the GPU machine lacks
 #   bash tests/gpu_check.sh           # there, from the repository root, .gpu/ beside it; about 8 minutes on an H100
 #
-# With this workplace's device tool: run(command="bash tests/gpu_check.sh", carry=[".gpu"], timeout_s=600);
+# With this workplace's device tool: run(command="bash tests/gpu_check.sh", carry=[".gpu/wheels", ".gpu/shared"], timeout_s=600);
 # the table, its JSON and the logs come back from $OUT.
 #
 # What the GPU machine must already have: a python3 with a CUDA build of torch (the device machines'
@@ -30,7 +30,7 @@ if [ "${1:-}" = prepare ]; then
     for name in "${PACKAGES[@]}"; do
         pins+=("$name==$(.venv/bin/python -c "import importlib.metadata as m; print(m.version('$name'))")")
     done
-    rm -rf "$GPU/wheels" && mkdir -p "$GPU/wheels"
+    rm -rf "$GPU" && mkdir -p "$GPU/wheels"  # a fresh folder: what travels must stay small (the device tool's 64 MiB)
     .venv/bin/python -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
         -d "$GPU/wheels" "${pins[@]}"
@@ -38,7 +38,7 @@ if [ "${1:-}" = prepare ]; then
         mkdir -p "$GPU/shared/$(dirname "$file")" && cp "../shared/$file" "$GPU/shared/$file"
     done
     du -sh "$GPU"
-    echo "ready: run 'bash tests/gpu_check.sh' on the GPU machine with $GPU/ beside it (device tool: carry [\"$GPU\"])"
+    echo "ready: run 'bash tests/gpu_check.sh' on the GPU machine with $GPU/ beside it (device tool: carry [\"$GPU/wheels\", \"$GPU/shared\"])"
     exit 0
 fi
 
@@ -67,7 +67,7 @@ PYTHON
 $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() or '${GPU_CHECK_ALLOW_CPU:-}' else 'no GPU visible to $PY')"
 
 echo "== make bench-gpu (tests/bench_gpu.py)"
-timeout 480 $PY tests/bench_gpu.py --shared "$SHARED" --json "$OUT_DIR/bench-gpu.json" ${BENCH_ARGS:-} \
+timeout 480 $PY tests/bench_gpu.py --shared "$SHARED" --json "$OUT_DIR/bench-gpu.json" --budget 360 ${BENCH_ARGS:-} \
     2> "$OUT_DIR/bench-gpu.log" | tee "$OUT_DIR/bench-gpu.txt" || { echo "bench-gpu failed or timed out; its log:"; tail -40 "$OUT_DIR/bench-gpu.log"; }
 
 echo "== packing on this device (tests/test_packing.py)"
