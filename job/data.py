@@ -303,7 +303,13 @@ def _read(load, data: DataConfig):
     propagate, datasets_log.propagate = datasets_log.propagate, False
     where = _source_name(data)
     try:
-        return load()
+        try:
+            return load()
+        except Exception as exc:  # a bucket that fails is a storage error (exit 6: retried), not bad data
+            fault = storage.fault_behind(exc) if data.dataset is None else None
+            if fault is None:
+                raise
+            raise StorageError(f"cannot read ({type(fault).__name__}: {_first_line(fault)})", where=held.file_at_fault() or where) from exc
     except (DataError, ConfigError, StorageError):
         raise
     except DatasetNotFoundError as exc:
