@@ -204,7 +204,7 @@ def _botocore_config(s3: S3Config, attempts: int):
     # resolve per bucket. AWS itself (no endpoint set) keeps virtual-hosted style.
     addressing = {"addressing_style": "path"} if _endpoint(s3) else {}
     return Config(
-        retries={"mode": "standard", "max_attempts": attempts},
+        retries={"mode": "standard", "total_max_attempts": attempts},
         connect_timeout=10,
         read_timeout=120,
         s3=addressing,
@@ -214,7 +214,7 @@ def _botocore_config(s3: S3Config, attempts: int):
 def fsspec_options(s3: S3Config) -> dict:
     """s3fs storage_options equivalent to the boto3 client used for outputs."""
     client_kwargs = {k: v for k, v in {"endpoint_url": _endpoint(s3), "region_name": s3.region}.items() if v}
-    config_kwargs = {"retries": {"mode": "standard", "max_attempts": s3.max_attempts}, "connect_timeout": 10}
+    config_kwargs = {"retries": {"mode": "standard", "total_max_attempts": s3.max_attempts}, "connect_timeout": 10}
     if _endpoint(s3):
         config_kwargs["s3"] = {"addressing_style": "path"}
     return {"client_kwargs": client_kwargs, "config_kwargs": config_kwargs}
