@@ -252,10 +252,12 @@ class S3Store:
         self.max_attempts, self.retry_seconds = s3.max_attempts, s3.retry_seconds
         session = boto3.session.Session()
         # Direct calls are retried by _call alone (the request with its body). A multipart transfer is
-        # many requests: botocore retries each of them, so one failed part does not restart the file.
+        # many requests on threads of its own: botocore retries each of them a few times, so one failed
+        # part does not restart the file, and a SIGTERM (which cancels the transfer) waits seconds for
+        # the requests under way, not a long chain of botocore's retries.
         self.client = session.client("s3", endpoint_url=_endpoint(s3), region_name=s3.region, config=_botocore_config(s3, 1))
         self.transfers = session.client(
-            "s3", endpoint_url=_endpoint(s3), region_name=s3.region, config=_botocore_config(s3, s3.max_attempts)
+            "s3", endpoint_url=_endpoint(s3), region_name=s3.region, config=_botocore_config(s3, min(s3.max_attempts, 3))
         )
         mb = 1024 * 1024
         self.transfer = TransferConfig(
