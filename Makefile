@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 PIP_FLAGS ?=
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: venv run test test-fast bench clean
+.PHONY: venv run test test-fast soak bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ test: $(STAMP)
 ## test-fast: everything but the slow tests (real-data training, image builds)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
+
+## soak: the long fault-injection run: 12 runs at 10-30% storage faults and 40 promote/rollback commands (~15 min)
+soak: $(STAMP)
+	FAULT_SOAK=1 $(BIN)/python -m pytest tests/test_faults_runs.py -k soak -s -p no:logging
 
 ## bench: padding-to-max-length against dynamic padding, one table
 bench: $(STAMP)
