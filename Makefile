@@ -33,7 +33,7 @@ test-fast: $(STAMP)
 
 ## soak: the long fault-injection run: 12 runs at 10-30% storage faults and 40 promote/rollback commands (~15 min)
 soak: $(STAMP)
-	FAULT_SOAK=1 $(BIN)/python -m pytest tests/test_faults_runs.py -k soak -s -p no:logging
+	FAULT_SOAK=1 $(BIN)/python -m pytest tests/test_faults_runs.py -k soak -s
 
 ## bench: padding-to-max-length against dynamic padding, one table
 bench: $(STAMP)
