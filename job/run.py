@@ -94,7 +94,8 @@ def run(cfg: JobConfig, log_format: str = "text") -> RunResult:
     )
     trainer.add_callback(publisher)
     started = time.monotonic()
-    with stop.deferred():  # SIGTERM while training: a checkpoint at the next step, then exit 10
+    # SIGTERM while training: a checkpoint at the next step, then exit 10. A streamed bucket that fails: exit 6.
+    with stop.deferred(), data.storage_faults(cfg.data):
         train_result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     publisher.wait()
     if publisher.stopped_at is not None:

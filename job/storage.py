@@ -5,22 +5,22 @@ first and writes `_SUCCESS` last; it lists each file with its size and sha256, s
 what it downloads. Anything without `_SUCCESS` (a killed pod, a failed upload) is not a finished run.
 
 S3 goes through boto3 and the standard AWS configuration: credentials from the usual chain,
-`AWS_ENDPOINT_URL` (or `s3.endpoint_url`) for S3-compatible stores, botocore's standard retry mode, and
-multipart uploads above `s3.multipart_threshold_mb`. Credentials never pass through this module.
+`AWS_ENDPOINT_URL` (or `s3.endpoint_url`) for S3-compatible stores, and multipart uploads above
+`s3.multipart_threshold_mb`. Credentials never pass through this module.
 
-Every S3 operation is one retried unit (`S3Store._call`): a read is the request and its whole body, a
-listing every page of it, a download every byte. botocore retries single requests (`s3.max_attempts`);
-its retries end before the body is read, so on top of them the unit is retried, with jittered
-exponential backoff, while the fault is transient (5xx, throttling, a reset or cut reply) and until
-`s3.retry_seconds` have passed since it began. "404", "NoSuchKey" and "NotFound" mean the object is
-not there; a refusal (403, a bad request) is not retried; either way the job's error is exit 6.
+Every S3 operation is one retried unit (`S3Store._call`): a read is the request and its whole body (botocore's
+own retries end before the body is read), a listing every page of it, a transfer the whole file. A unit is
+retried with jittered exponential backoff while its fault is transient (5xx, throttling, a refused, reset or
+cut reply), at most `s3.max_attempts` times and while `s3.retry_seconds` allow; within a multipart transfer
+botocore retries each part a few times first. "404", "NoSuchKey" and "NotFound" mean the object is not
+there; a refusal (403, a bad request) is not retried; either way the job's error is exit 6.
 """
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import datetime as dt
-import builtins
 import hashlib
 import itertools
 import json
@@ -30,7 +30,6 @@ import random
 import re
 import shutil
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Callable, TypeVar

@@ -194,6 +194,9 @@ def test_a_storage_fault_while_reading_data_is_exit_6_never_4(s3_server, data_bu
 
 SHORT = {"runs": 3, "rates": [0.10], "commands": 6}
 SOAK = {"runs": 12, "rates": [0.10, 0.20, 0.30], "commands": 40}
+# Every other run at 10% or 20% gets only 4 attempts per storage operation, so that some of them fail
+# (exit 6) and have to be finished by their rerun, before or after _SUCCESS.
+FEW_ATTEMPTS = 4
 
 
 def _rates(total: float) -> dict[str, float]:
@@ -210,8 +213,9 @@ def _random_faults(s3_server, data_bucket, proxy, tmp_path, plan: dict) -> dict:
         rate = plan["rates"][i % len(plan["rates"])]
         proxy.set_rates(_rates(rate))
         run_id = f"run-{i:02d}"
+        attempts_allowed = FEW_ATTEMPTS if i % 2 and rate <= 0.2 else 10
         training = {"seed": i, "num_train_epochs": rng.choice([1, 2])}  # winners and losers
-        cfg = _config(tmp_path, bucket, run_id, retention={"keep_runs": 3}, training=training)
+        cfg = _config(tmp_path, bucket, run_id, retention={"keep_runs": 3}, training=training, s3={"max_attempts": attempts_allowed})
         attempts = []
         while True:
             started = time.monotonic()
@@ -221,8 +225,8 @@ def _random_faults(s3_server, data_bucket, proxy, tmp_path, plan: dict) -> dict:
             assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
             if proc.returncode == 0:
                 break
-            assert len(attempts) < 6, attempts
-        outcomes["runs"].append({"run": run_id, "rate": rate, "attempts": attempts})
+            assert len(attempts) < 8, attempts
+        outcomes["runs"].append({"run": run_id, "rate": rate, "max_attempts": attempts_allowed, "attempts": attempts})
         _verify(client, bucket, run_id)
         _check_pointer_log_and_metrics(client, bucket)
 
@@ -252,7 +256,8 @@ def _report(outcomes: dict, seconds: float) -> str:
     lines = [f"{len(outcomes['runs'])} runs, {sum(outcomes['commands'].values())} promote/rollback commands, "
              f"{outcomes['requests']} requests through the proxy, {seconds:.0f} s"]
     for run in outcomes["runs"]:
-        lines.append(f"  {run['run']} at {run['rate']:.0%}: " + ", ".join(f"exit {c} ({s} s)" for c, s in run["attempts"]))
+        lines.append(f"  {run['run']} at {run['rate']:.0%}, s3.max_attempts {run['max_attempts']}: "
+                     + ", ".join(f"exit {c} ({s} s)" for c, s in run["attempts"]))
     lines += [f"  {name}: {count}" for name, count in sorted(outcomes["commands"].items())]
     lines.append("  faults served: " + ", ".join(f"{k} {v}" for k, v in sorted(outcomes["faults"].items())))
     return "\n".join(lines)
