@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 PIP_FLAGS ?=
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: venv run test test-fast soak bench clean
+.PHONY: venv run test test-fast bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
 ## soak: the long fault-injection run: 12 runs at 10-30% storage faults and 40 promote/rollback commands (~15 min)
+.PHONY: soak
 soak: $(STAMP)
 	FAULT_SOAK=1 $(BIN)/python -m pytest tests/test_faults_runs.py -k soak -s
 

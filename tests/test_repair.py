@@ -7,20 +7,8 @@ from __future__ import annotations
 import hashlib
 import json
 
-import pytest
-
 from job import champion, promotion, storage
-from job.config import S3Config
-
-
-@pytest.fixture(params=["s3", "local"])
-def store(request, tmp_path, monkeypatch):
-    if request.param == "local":
-        return storage.open_store(str(tmp_path / "runs"), S3Config())
-    server, bucket = request.getfixturevalue("s3_server"), request.getfixturevalue("bucket")
-    for key, value in server.env().items():
-        monkeypatch.setenv(key, value)
-    return storage.open_store(f"s3://{bucket}/runs", S3Config(max_attempts=2))
+from test_champion import store  # noqa: F401 - the same fixture: a bucket prefix, or a local directory
 
 
 def published(store, run_id: str, **decision) -> dict:
