@@ -194,9 +194,10 @@ def test_a_storage_fault_while_reading_data_is_exit_6_never_4(s3_server, data_bu
 
 SHORT = {"runs": 3, "rates": [0.10], "commands": 6}
 SOAK = {"runs": 12, "rates": [0.10, 0.20, 0.30], "commands": 40}
-# Every other run at 10% or 20% gets only 4 attempts per storage operation, so that some of them fail
-# (exit 6) and have to be finished by their rerun, before or after _SUCCESS.
-FEW_ATTEMPTS = 4
+# Runs at 10% get 3 attempts per storage operation, every other run at 20% gets 4: enough that some of
+# them fail (exit 6) and have to be finished by their rerun, before or after _SUCCESS.
+def _attempts(i: int, rate: float) -> int:
+    return 3 if rate <= 0.1 else 4 if rate <= 0.2 and i % 2 else 10
 
 
 def _rates(total: float) -> dict[str, float]:
@@ -213,7 +214,7 @@ def _random_faults(s3_server, data_bucket, proxy, tmp_path, plan: dict) -> dict:
         rate = plan["rates"][i % len(plan["rates"])]
         proxy.set_rates(_rates(rate))
         run_id = f"run-{i:02d}"
-        attempts_allowed = FEW_ATTEMPTS if i % 2 and rate <= 0.2 else 10
+        attempts_allowed = _attempts(i, rate)
         training = {"seed": i, "num_train_epochs": rng.choice([1, 2])}  # winners and losers
         cfg = _config(tmp_path, bucket, run_id, retention={"keep_runs": 3}, training=training, s3={"max_attempts": attempts_allowed})
         attempts = []
