@@ -31,6 +31,11 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
+## soak: the long fault-injection run: 12 runs at 10-30% storage faults and 40 promote/rollback commands (~15 min)
+.PHONY: soak
+soak: $(STAMP)
+	FAULT_SOAK=1 $(BIN)/python -m pytest tests/test_faults_runs.py -k soak -s
+
 ## bench: padding-to-max-length against dynamic padding, one table
 bench: $(STAMP)
 	$(BIN)/python tests/bench_padding.py

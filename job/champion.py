@@ -15,8 +15,9 @@ Protocol (the same for a run that beat the champion, `finetune-job promote` and 
 5. The winner writes `promotions/N+1.json` with `If-None-Match: *`.
 
 A writer that loses step 4 goes back to step 1 and decides again against the new champion. A write
-that landed but whose reply was lost (then retried and refused) is recognised by its nonce. Readers
-follow the pointer and check the run's `_SUCCESS` (`current`).
+that landed but whose reply was lost (then retried and refused, or failing until the retries ran out)
+is recognised by its nonce: it succeeded. Readers follow the pointer and check the run's `_SUCCESS`
+(`current`).
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def move(store, choose: Callable[[dict | None], dict | None], by: str) -> dict |
     for attempt in range(ATTEMPTS):
         pointer, etag = read(store)
         if pointer is not None:
-            _write_audit(store, pointer)
+            write_audit(store, pointer)
         fields = choose(pointer)
         if fields is None:
             return None
@@ -99,10 +100,10 @@ def move(store, choose: Callable[[dict | None], dict | None], by: str) -> dict |
             "previous": fields["previous"],  # the generation `rollback` restores
             "nonce": secrets.token_hex(16),  # tells this write from any other, e.g. after a retried request
         }
-        won = store.put_if(_encode(new), POINTER, etag)
+        won = _put_pointer(store, new, etag)
         now = new if won else read(store)[0]
         if now is not None and now["nonce"] == new["nonce"]:  # also a write whose reply was lost, then refused on retry
-            _write_audit(store, new)
+            write_audit(store, new)
             log.info(
                 "champion: generation %d is run %s (%s %s) by %s: %s",
                 new["generation"], new["run_id"], new["metric"], shown(new["value"]), by, new["reason"],
@@ -111,6 +112,25 @@ def move(store, choose: Callable[[dict | None], dict | None], by: str) -> dict |
         log.info("champion: lost the race for generation %d to run %s; deciding again", new["generation"], now and now["run_id"])
         time.sleep(random.uniform(0.05, 0.3) * (attempt + 1))  # spread out the writers still racing
     raise StorageError(f"the pointer kept changing: gave up after {ATTEMPTS} attempts", where=store.url(POINTER))
+
+
+def _put_pointer(store, new: dict, etag: str | None) -> bool:
+    """The conditional write of the pointer. When it fails with a storage error (the retries ran out,
+    perhaps after a write that landed), the pointer is read: if it holds this write's nonce, the write
+    happened and only its reply was lost; if another writer's, the round is lost."""
+    try:
+        return store.put_if(_encode(new), POINTER, etag)
+    except StorageError as failure:
+        try:
+            now, now_etag = read(store)
+        except StorageError:
+            raise failure from None
+        if now is not None and now.get("nonce") == new["nonce"]:
+            log.info("champion: the reply to the pointer write was lost, but the pointer holds this write's nonce: it landed")
+            return True
+        if now_etag != etag:  # another writer's pointer: this round is lost, decide again
+            return False
+        raise failure
 
 
 def promote(store, run_id: str, metric: str, reason: str) -> dict | None:
@@ -176,7 +196,7 @@ def model_location(store, run_id: str) -> str:
     return location if location.startswith("s3://") else os.path.abspath(location)
 
 
-def _write_audit(store, pointer: dict) -> None:
+def write_audit(store, pointer: dict) -> None:
     """Write the pointer's bytes as its generation's audit record, once; it must match if present."""
     key = _audit_key(pointer["generation"])
     existing = store.get_bytes(key)

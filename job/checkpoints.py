@@ -12,10 +12,15 @@ data position from it. Incomplete checkpoints are never used.
 Uploads run on a background thread from a hard-linked snapshot of the checkpoint directory: training
 goes on meanwhile, and Trainer's local rotation cannot delete a file that is still being uploaded. Only
 a SIGTERM (and the end of the run) waits for them.
+
+A SIGTERM outside the training loop (loading data, uploading, scoring the champion, retrying a storage
+fault) stops the job at once: the handler raises `Stopped`, which unwinds whatever is running, and the
+job exits 10 within seconds. Nothing is taken for finished without `_SUCCESS`, so a rerun continues.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -36,20 +41,44 @@ FOLDER = "checkpoints"
 _STEP = re.compile(r"/checkpoint-(\d+)/")
 
 
+class Stopped(KeyboardInterrupt):
+    """Raised by the SIGTERM/SIGINT handler outside training. A KeyboardInterrupt, so that no library's
+    `except Exception` swallows it; the command line turns it into exit 10."""
+
+
 class StopRequest:
-    """Remembers a SIGTERM/SIGINT; training stops at the next step boundary, after a checkpoint."""
+    """SIGTERM/SIGINT: while training (`deferred()`), remembered, and training stops at the next step
+    boundary after a checkpoint; anywhere else, `Stopped` is raised at once."""
 
     def __init__(self):
         self.signal_name: str | None = None
+        self.deferring = False
 
     def install(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:
-        if self.signal_name is None:
-            self.signal_name = signal.Signals(signum).name
+        first = self.signal_name is None
+        self.signal_name = self.signal_name or signal.Signals(signum).name
+        if not self.deferring:
+            self.check()
+        if first:
             log.warning("%s received: saving a checkpoint at the next step, then stopping", self.signal_name)
+
+    @contextlib.contextmanager
+    def deferred(self):
+        """The training loop: a signal waits for the next step boundary (and its checkpoint)."""
+        self.deferring = True
+        try:
+            yield
+        finally:
+            self.deferring = False
+
+    def check(self) -> None:
+        """Raise `Stopped` if a signal came (one that came too late for the training loop to act on)."""
+        if self.signal_name is not None:
+            raise Stopped(f"{self.signal_name} received; nothing was published without _SUCCESS: run again with the same run id to continue")
 
     @property
     def requested(self) -> bool:

@@ -74,8 +74,9 @@ def main() -> None:
         cli.main(prog_name="finetune-job", standalone_mode=False)
     except errors.JobError as exc:
         _fail(exc.format_message(), exc.exit_code, exc)
-    except click.exceptions.Abort:
-        _fail("aborted", errors.EXIT_INTERRUPTED, None)
+    except click.exceptions.Abort as exc:  # click's word for Ctrl-C, and for SIGTERM outside training
+        stopped = str(exc.__cause__ or "")  # job/checkpoints.py: Stopped says what to do next
+        _fail(f"interrupted: {stopped}" if stopped else "aborted", errors.EXIT_INTERRUPTED, None)
     except click.ClickException as exc:  # usage errors: click prints them with the usage line
         exc.show()
         sys.exit(exc.exit_code)

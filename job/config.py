@@ -28,10 +28,12 @@ from job import env
 from job.errors import ConfigError
 
 BUILTIN_PREFIX = "builtin:"
-_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # matched whole: "abc\n" is not a run id
 # "token" only as a word of the key (hub_token), not max_new_tokens: a redacted count would also be
 # scrubbed from every log line as a secret value.
 _SECRET_KEY = re.compile(r"(^|_)token($|_)|secret|password|passwd|credential|api_key|access_key", re.I)
+# The user[:password]@ of a URL (an endpoint, a data path): redacted in whatever value holds it.
+_USERINFO = re.compile(r"\b([a-z][a-z0-9+.-]*://)([^/?#\s@]+)@", re.I)
 REDACTED = "***"
 
 
@@ -86,7 +88,8 @@ class OutputConfig:
 class S3Config:
     endpoint_url: str | None = _setting(None, "S3-compatible endpoint; AWS_ENDPOINT_URL is used when unset.")
     region: str | None = _setting(None, "Region; the AWS configuration chain decides when unset.")
-    max_attempts: int = _setting(10, "Attempts per request (botocore standard retry mode).")
+    max_attempts: int = _setting(10, "Attempts per storage operation (a request with its reply's body, a listing, a file).")
+    retry_seconds: float = _setting(120.0, "How long one storage operation may keep retrying before the job gives up (exit 6).")
     multipart_threshold_mb: int = _setting(64, "Files larger than this upload in parts.")
     multipart_chunksize_mb: int = _setting(16, "Size of each uploaded part (at least 5).")
 
@@ -428,7 +431,7 @@ def _validate(cfg: JobConfig) -> None:
     def where(key: str) -> str:
         return f"{key} ({cfg.sources.get(key, 'default')})"
 
-    if cfg.run_id is not None and not _RUN_ID.match(cfg.run_id):
+    if cfg.run_id is not None and not _RUN_ID.fullmatch(cfg.run_id):
         raise ConfigError("use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit", where=where("run_id"))
     if cfg.model.train not in ("all", "head"):
         raise ConfigError(f"choose 'all' or 'head', got {cfg.model.train!r}", where=where("model.train"))
@@ -472,6 +475,10 @@ def _validate(cfg: JobConfig) -> None:
             raise ConfigError("checkpoints are managed by the job; use the checkpoint: section", where=where(f"training.{key}"))
     if cfg.s3.multipart_chunksize_mb < 5:
         raise ConfigError("S3 parts must be at least 5 MB", where=where("s3.multipart_chunksize_mb"))
+    if cfg.s3.max_attempts < 1:
+        raise ConfigError(f"must be at least 1, got {cfg.s3.max_attempts}", where=where("s3.max_attempts"))
+    if cfg.s3.retry_seconds < 0:
+        raise ConfigError(f"must be at least 0, got {cfg.s3.retry_seconds}", where=where("s3.retry_seconds"))
     _validate_scheduling(cfg, where)
 
 
@@ -543,19 +550,34 @@ def is_secret(key: str) -> bool:
 
 
 def redact(value: Any, key: str = "") -> Any:
-    """Replace values held under secret-looking keys; walk nested data."""
+    """Replace values held under secret-looking keys, and the user:password@ of URLs; walk nested data."""
     if isinstance(value, dict):
         return {k: redact(v, k) for k, v in value.items()}
     if isinstance(value, list):
         return [redact(v, key) for v in value]
     if value is not None and is_secret(key):
         return REDACTED
-    return value
+    return redact_url(value) if isinstance(value, str) else value
+
+
+def redact_url(text: str) -> str:
+    """`http://user:pass@host/x` as `http://***@host/x`, wherever a URL appears in `text`."""
+    return _USERINFO.sub(rf"\1{REDACTED}@", text)
+
+
+def url_secrets(text: str) -> list[str]:
+    """The user:password (and the password alone) of every URL in `text`, for the log scrubber."""
+    found = []
+    for userinfo in (m.group(2) for m in _USERINFO.finditer(text)):
+        found += [userinfo, userinfo.partition(":")[2]]
+    return [value for value in found if value]
 
 
 def secret_values(cfg: JobConfig) -> list[str]:
-    """Values the config holds under secret-looking keys (for the log scrubber)."""
-    return [str(v) for k, v in flatten(to_dict(cfg)).items() if v not in (None, "") and is_secret(k)]
+    """Values the config holds under secret-looking keys or in URLs (for the log scrubber)."""
+    flat = flatten(to_dict(cfg)).items()
+    values = [str(v) for k, v in flat if v not in (None, "") and is_secret(k)]
+    return values + [secret for _, v in flat for secret in url_secrets(str(v)) if v is not None]
 
 
 def describe(cfg: JobConfig) -> str:

@@ -30,7 +30,7 @@ from typing import Any
 
 from job import storage, windows
 from job.config import DataConfig, JobConfig, is_builtin
-from job.errors import ConfigError, DataError, StorageError
+from job.errors import ConfigError, DataError, JobError, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -303,7 +303,8 @@ def _read(load, data: DataConfig):
     propagate, datasets_log.propagate = datasets_log.propagate, False
     where = _source_name(data)
     try:
-        return load()
+        with storage_faults(data, held.file_at_fault):
+            return load()
     except (DataError, ConfigError, StorageError):
         raise
     except DatasetNotFoundError as exc:
@@ -332,6 +333,20 @@ def _read(load, data: DataConfig):
         datasets_log.propagate = propagate
         for message in held.messages if sys.exc_info()[0] is None else []:
             log.error("datasets: %s", message)
+
+
+@contextlib.contextmanager
+def storage_faults(data: DataConfig, file_at_fault=lambda: None):
+    """A bucket that fails while its files are read (here, or a stream read while training) is a
+    storage error: exit 6, which Kubernetes retries, not exit 4 for bad data."""
+    try:
+        yield
+    except Exception as exc:
+        fault = storage.fault_behind(exc) if data.dataset is None and not isinstance(exc, JobError) else None
+        if fault is None:
+            raise
+        where = file_at_fault() or _source_name(data)
+        raise StorageError(f"cannot read ({type(fault).__name__}: {_first_line(fault)})", where=where) from exc
 
 
 def _offline() -> bool:

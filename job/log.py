@@ -1,35 +1,58 @@
 """Logging: readable lines on a terminal, one JSON object per line on a cluster (`--log-format json`).
 
 Every record passes a filter that replaces the values of secret environment variables (AWS keys,
-session tokens, HF tokens) wherever they appear, so no code path can leak one into a log.
+session tokens, HF tokens) and the user:password of any URL wherever they appear, so no code path can
+leak one into a log. A value is replaced where it stands whole (not inside a longer word: with
+AWS_ACCESS_KEY_ID=test-key-0001, `test-key-0001` is scrubbed but `test_f1` is not), and values shorter
+than MIN_SECRET_LENGTH are not taken for secrets (an access key id of `test` would turn every "test"
+into "***").
+
+Libraries log faults they recovered from with their traceback (urllib3's HeaderParsingError at
+WARNING); without --debug the line stays and the traceback goes, so "Traceback" in a log means a bug.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 
-from job import env
+from job import config, env
 
 REDACTED = "***"
+MIN_SECRET_LENGTH = 8  # AWS key ids are 20 characters, secret keys 40, HF tokens 37
 
 
 class _RedactingHandler(logging.StreamHandler):
     """Redacts the finished line (message, extras and traceback alike) just before it is written."""
 
-    def __init__(self, stream):
+    def __init__(self, stream, debug: bool = False):
         super().__init__(stream)
-        self.secrets = env.secret_values()
+        self.debug = debug
+        endpoints = " ".join(env.get(name) or "" for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"))
+        self.set_secrets(env.secret_values() + config.url_secrets(endpoints))
+
+    def set_secrets(self, values) -> None:
+        self.secrets = sorted({v for v in values if len(v) >= MIN_SECRET_LENGTH}, key=len, reverse=True)
+        self.pattern = re.compile("|".join(map(_whole, self.secrets))) if self.secrets else None
 
     def format(self, record: logging.LogRecord) -> str:
+        if record.exc_info and not self.debug and not record.name.startswith("job"):
+            record = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None, "stack_info": None})
         return self.scrub(super().format(record))
 
     def scrub(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, REDACTED)
-        return text
+        text = config.redact_url(text)
+        return self.pattern.sub(REDACTED, text) if self.pattern else text
+
+
+def _whole(secret: str) -> str:
+    """A regex for `secret` standing whole: no letter, digit or _ glued to an edge that is one."""
+    before = r"(?<!\w)" if re.match(r"\w", secret[0]) else ""
+    after = r"(?!\w)" if re.match(r"\w", secret[-1]) else ""
+    return before + re.escape(secret) + after
 
 
 def echo(text: str) -> None:
@@ -46,7 +69,7 @@ def add_secrets(values: list[str]) -> None:
     """Scrub more values (secrets read from the config) from every later log line."""
     for handler in logging.getLogger().handlers:
         if isinstance(handler, _RedactingHandler):
-            handler.secrets = sorted(set(handler.secrets) | {v for v in values if len(v) >= 4}, key=len, reverse=True)
+            handler.set_secrets(handler.secrets + list(values))
 
 
 class _JsonFormatter(logging.Formatter):
@@ -67,7 +90,7 @@ class _JsonFormatter(logging.Formatter):
 
 def setup(log_format: str = "text", debug: bool = False) -> None:
     """Configure the root logger once per process; library loggers propagate into it."""
-    handler = _RedactingHandler(sys.stderr)
+    handler = _RedactingHandler(sys.stderr, debug)
     if log_format == "json":
         handler.setFormatter(_JsonFormatter())
     else:

@@ -2,7 +2,8 @@
 
 The model directory carries `finetune_job.json` (written by the run), which says the task and the
 columns the model was trained on, so the input is read and tokenized exactly as in training. Gold
-labels are copied to the output when the input has them.
+labels are copied to the output when the input has them. Code shipped with the model runs only with
+`--trust-remote-code`: a run's `model.trust_remote_code` says nothing about who wrote the bucket since.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from job.run import META_FILE
 log = logging.getLogger(__name__)
 
 
-def predict(model_uri: str, input_uri: str, output_uri: str, *, batch_size: int, text_column: str | None) -> int:
+def predict(
+    model_uri: str, input_uri: str, output_uri: str, *, batch_size: int, text_column: str | None, trust_remote_code: bool = False
+) -> int:
     from job import log as job_log
 
     job_log.quiet_libraries(progress_bars=False)
@@ -40,7 +43,7 @@ def predict(model_uri: str, input_uri: str, output_uri: str, *, batch_size: int,
             )
         )
         rows = data.load_file(input_uri, cfg)
-        tokenizer, model = _load(model_dir, task, model_uri)
+        tokenizer, model = _load(model_dir, task, model_uri, trust_remote_code)
         spec = task.spec_from_model(model.config, cfg, rows)
         features = task.preprocess({"test": rows}, tokenizer, cfg, spec)["test"]
         collator = task.collator(tokenizer, cfg, spec, pad_to_multiple_of=8 if training.on_gpu() else None)
@@ -73,11 +76,12 @@ def _read_meta(model_dir: Path, uri: str) -> dict:
         raise ModelError(f"no {META_FILE}: not a model published by finetune-job", where=uri) from None
 
 
-def _load(model_dir: Path, task, uri: str):
+def _load(model_dir: Path, task, uri: str, trust_remote_code: bool):
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(model_dir), models.model_class(task).from_pretrained(model_dir)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+        return tokenizer, models.model_class(task).from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         raise ModelError(str(exc).splitlines()[0][:300], where=uri) from exc
 

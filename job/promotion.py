@@ -15,11 +15,17 @@ its `_SUCCESS` is replaced.
 
 The decision, both scores and the reason go into metrics.json (`promotion_*`) and the log before the
 run is published; the pointer moves only after `_SUCCESS` (job/champion.py). If another run became
-champion in between, the gate scores that one too and decides again.
+champion in between, the gate scores that one too and decides again. `settle` then makes metrics.json
+say what happened, and repairs a promotion a failure left undone (the rule is in its docstring).
+
+The champion's model is a file someone else wrote into the bucket: it is loaded without
+`trust_remote_code`, which only ever applies to the model the config names.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -44,6 +50,21 @@ class Decision:
     champion: float | None = None
     champion_run: str | None = None
     champion_generation: int | None = None
+
+    @classmethod
+    def from_metrics(cls, metrics: dict) -> "Decision | None":
+        """The decision a published metrics.json records (None for a run that made none)."""
+        if "promotion_decision" not in metrics:
+            return None
+        return cls(
+            metrics["promotion_decision"] == "promote",
+            metrics.get("promotion_reason", ""),
+            metrics.get("promotion_metric"),
+            metrics.get("promotion_candidate"),
+            metrics.get("promotion_champion"),
+            metrics.get("promotion_champion_run"),
+            metrics.get("promotion_champion_generation"),
+        )
 
     def metrics(self) -> dict:
         """The flat `promotion_*` entries of metrics.json."""
@@ -140,7 +161,9 @@ class Gate:
                 return None
             return {"run_id": self.run_id, "metric": decision.metric, "value": decision.candidate, "previous": seen, "reason": decision.reason}
 
-        return champion.move(self.store, choose, by="run")
+        written = champion.move(self.store, choose, by="run")
+        self.final = decision  # what `settle` records in metrics.json
+        return written
 
     def _champion_score(self, run_id: str) -> tuple[float | None, str | None]:
         if run_id not in self.scores:
@@ -158,6 +181,84 @@ class Gate:
     def _logged(self, decision: Decision) -> Decision:
         log.info("promotion: %s: %s", "promote" if decision.promote else "keep the champion", decision.reason)
         return decision
+
+
+# ---------------------------------------------------------------------------------------------- settle
+
+
+def settle(store, run_id: str, gate: Gate | None = None) -> dict:
+    """After `_SUCCESS`: carry out the promotion the run's metrics.json records, unless it already
+    happened, and make metrics.json say what finally happened. Returns the (amended) metrics.
+
+    A run promoted when it is in the promotions log after the champion it was judged against (or the
+    pointer names it). Otherwise, with a `gate` (the run's first attempt) the gate moves the pointer,
+    scoring again any champion promoted since its decision. Without one (a rerun of a finished run id,
+    repairing what a failure after `_SUCCESS` left undone):
+    - if the champion is still the one the decision was judged against, the compare-and-swap is
+      finished now;
+    - if another run became champion since, the decision is superseded: this run was never compared
+      with that champion, and a finished run does not load data and models again to do it. It stays
+      unpromoted (`finetune-job promote` overrides).
+    metrics.json and its `_SUCCESS` entry are rewritten when the outcome differs from what they say, so
+    metrics.json and the pointer never disagree."""
+    metrics = json.loads(store.get_bytes(storage.join(run_id, "metrics.json")) or b"{}")
+    decision = Decision.from_metrics(metrics)
+    if decision is None or not decision.promote or _promoted(store, run_id, decision.champion_generation):
+        return metrics
+    if gate is not None:
+        gate.promote(decision, metrics)
+        final = gate.final
+    else:
+        final = _finish_promotion(store, run_id, decision)
+    if final.metrics() == decision.metrics():
+        return metrics
+    metrics.update(final.metrics())
+    storage.replace_file(store, run_id, "metrics.json", (json.dumps(metrics, indent=2)).encode())
+    log.info("promotion: metrics.json of run %s now says %s: %s", run_id, metrics["promotion_decision"], final.reason)
+    return metrics
+
+
+def _promoted(store, run_id: str, judged_generation: int | None) -> bool:
+    """Did `run_id` become champion after generation `judged_generation`? The pointer names it, or its
+    record is in the log (each generation's record is written once, the newest possibly not yet: the
+    pointer itself stands for it, and its record is written now)."""
+    pointer, _ = champion.read(store)
+    if pointer is None:
+        return False
+    if pointer["run_id"] == run_id:
+        champion.write_audit(store, pointer)
+        return True
+    for generation in range((judged_generation or 0) + 1, pointer["generation"]):
+        record = champion.record(store, generation)
+        if record is not None and record["run_id"] == run_id:
+            return True
+    return False
+
+
+def _finish_promotion(store, run_id: str, decision: Decision) -> Decision:
+    """A rerun's promotion: against the champion the decision was judged against, or superseded."""
+    newer = None
+
+    def choose(pointer):
+        nonlocal newer
+        generation = pointer["generation"] if pointer else None
+        if generation != decision.champion_generation:
+            newer = pointer
+            return None
+        reason = f"{decision.reason} (written by a rerun)"
+        return {"run_id": run_id, "metric": decision.metric, "value": decision.candidate, "previous": generation, "reason": reason}
+
+    champion.move(store, choose, by="run")
+    if newer is None:
+        return decision
+    judged = f"champion {decision.champion_run}" if decision.champion_run else "no champion"
+    reason = (
+        f"superseded: promoted against {judged}, but run {newer['run_id']} became champion (generation "
+        f"{newer['generation']}) before this run's promotion was written, and this run was not compared "
+        "with it (finetune-job promote overrides)"
+    )
+    log.info("promotion: %s", reason)
+    return dataclasses.replace(decision, promote=False, reason=reason)
 
 
 # ---------------------------------------------------------------------------------------------- scoring
@@ -194,7 +295,9 @@ def _load(model_dir: Path, cfg, task, spec, run_id: str):
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        model = models.model_class(task).from_pretrained(model_dir, trust_remote_code=cfg.model.trust_remote_code)
+        # Never trust_remote_code here: that setting is for the model the config names, not for whatever
+        # model another run (or anyone with write access to the bucket) left behind the pointer.
+        model = models.model_class(task).from_pretrained(model_dir, trust_remote_code=False)
     except (OSError, ValueError, KeyError) as exc:
         raise Incomparable(f"its model does not load: {str(exc).splitlines()[0][:200]}") from exc
     ours = task.model_kwargs(spec).get("id2label")

@@ -24,7 +24,7 @@ import logging
 from collections import Counter
 from pathlib import Path
 
-from job import data
+from job import config, data
 
 log = logging.getLogger(__name__)
 
@@ -277,14 +277,14 @@ def _html(run_id: str, cfg, metrics: dict, sections) -> str:
             f'<figure{wide}><figcaption>{e(title)}</figcaption>'
             f'<img alt="{e(title)}" data-plot="{e(path.stem)}" src="data:image/png;base64,{encoded}"></figure>'
         )
-    source = cfg.data.dataset or cfg.data.train_files
+    source = config.redact_url(str(cfg.data.dataset or cfg.data.train_files))  # no user:password@ of a URL
     created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>finetune-job run {e(run_id)}</title><style>{_CSS}</style></head>
 <body>
 <h1>Run {e(run_id)}</h1>
-<div class="meta">{e(cfg.task.name)} &middot; model {e(cfg.model.name)} &middot; data {e(str(source))} &middot; written {created}</div>
+<div class="meta">{e(cfg.task.name)} &middot; model {e(config.redact_url(cfg.model.name))} &middot; data {e(source)} &middot; written {created}</div>
 {banner}
 <h2>Metrics</h2>
 <table>{rows}</table>

@@ -7,7 +7,9 @@
 Order matters in three places: the output location is proven writable before any training (a typo'd
 bucket fails in seconds, not after the run); everything is staged locally before anything is
 uploaded; and `_SUCCESS` is written last, so a run killed at any point is never taken for finished.
-A rerun with the run id of a finished run does nothing (Kubernetes may retry a pod that finished).
+What follows `_SUCCESS` (promotion, retention, deleting checkpoints) is `finish`: a rerun with the run
+id of a finished run trains nothing and calls `finish` again, to complete whatever a failure left
+undone (Kubernetes retries a pod that exited 6 after `_SUCCESS`, and may retry one that finished).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from job import config as config_module
-from job import checkpoints, data, models, promotion, report, retention, storage, tasks, training
+from job import checkpoints, data, models, promotion, report, retention, storage, tasks, training, workdir
 from job.config import JobConfig
 from job.errors import ConfigError, Interrupted
 
@@ -50,20 +52,22 @@ def run(cfg: JobConfig, log_format: str = "text") -> RunResult:
     config_yaml = config_module.dump_yaml(cfg)
     config_sha = config_fingerprint(cfg)
     store = storage.open_store(cfg.output.uri, cfg.s3)
-    work = work_dir(cfg) / run_id
+    work = workdir.private(work_dir(cfg), run_id, chosen=cfg.output.work_dir is not None)
     progress_bars = training.progress_bars_wanted(log_format)
     job_log.quiet_libraries(progress_bars)
     args = training.arguments(cfg, work / "trainer", progress_bars=progress_bars)  # joins the other workers
     log.info("run %s: task %s, model %s, world size %d, output %s",
              run_id, cfg.task.name, cfg.model.name, args.world_size, store.url(run_id))
 
-    # 0. Never redo or overwrite a finished run; prove the output is writable before training.
+    # 0. Never redo or overwrite a finished run, but complete what followed its _SUCCESS; prove the
+    #    output is writable before training.
     finished = storage.read_manifest(store, run_id)
     if finished is not None:
         if finished.get("config_sha256") != config_sha:
             raise ConfigError(f"run {run_id} already finished with a different config; choose a new run id", where="run_id")
-        log.info("run %s already finished at %s; nothing to do", run_id, finished.get("finished_at"))
-        metrics = json.loads(store.get_bytes(storage.join(run_id, "metrics.json")) or b"{}")
+        log.info("run %s already finished at %s; completing what follows its _SUCCESS", run_id, finished.get("finished_at"))
+        metrics = finish(cfg, store, run_id) if args.process_index == 0 else {}
+        shutil.rmtree(work, ignore_errors=True)
         return RunResult(run_id, store.url(run_id), metrics, skipped=True)
     if args.process_index == 0:
         storage.probe(store)
@@ -92,13 +96,16 @@ def run(cfg: JobConfig, log_format: str = "text") -> RunResult:
     )
     trainer.add_callback(publisher)
     started = time.monotonic()
-    train_result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    # SIGTERM while training: a checkpoint at the next step, then exit 10. A streamed bucket that fails: exit 6.
+    with stop.deferred(), data.storage_faults(cfg.data):
+        train_result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     publisher.wait()
     if publisher.stopped_at is not None:
         raise Interrupted(
             f"stopped by {stop.signal_name} at step {publisher.stopped_at}; its checkpoint is in "
             f"{store.url(checkpoints.prefix(run_id))}/; run again with run id {run_id} to resume"
         )
+    stop.check()  # a SIGTERM after the last step (in the final evaluation) stops here, exit 10
     resumed_step = checkpoints.step_of(resume_from)
     if resumed_step is not None:
         train_result.metrics["train_loss"] = checkpoints.whole_run_loss(
@@ -145,22 +152,32 @@ def run(cfg: JobConfig, log_format: str = "text") -> RunResult:
                  history=trainer.state.log_history, metrics=metrics)
     storage.publish(stage, store, run_id, extra={"config_sha256": config_sha})
 
-    # 6. Promote: only now that _SUCCESS is written, move champion.json to this run if the gate said
-    #    so (compare-and-swap, job/champion.py); then retention deletes old runs, never the champion.
-    gate.promote(decision, metrics)
-    retention.apply(store, cfg.retention, current_run=run_id)
-    if not cfg.checkpoint.keep_after_success:
-        storage.delete_tree(store, checkpoints.prefix(run_id))
+    # 6. Only now that _SUCCESS is written: promote, apply retention, delete the checkpoints.
+    metrics = finish(cfg, store, run_id, gate)
     shutil.rmtree(work, ignore_errors=True)
     return RunResult(run_id, store.url(run_id), metrics)
 
 
+def finish(cfg: JobConfig, store, run_id: str, gate: promotion.Gate | None = None) -> dict:
+    """What follows `_SUCCESS`, each step idempotent, so that a rerun of a finished run id (no `gate`)
+    completes whatever a failure left undone: move champion.json to this run if the gate said so
+    (compare-and-swap, job/champion.py; metrics.json is made to say what happened); delete old runs,
+    never the champion; delete this run's checkpoints. Returns the run's metrics as published."""
+    metrics = promotion.settle(store, run_id, gate)
+    retention.apply(store, cfg.retention, current_run=run_id)
+    if not cfg.checkpoint.keep_after_success:
+        storage.delete_tree(store, checkpoints.prefix(run_id))
+    return metrics
+
+
 def config_fingerprint(cfg: JobConfig) -> str:
     """What makes two runs the same run: the resolved config without where this node keeps its
-    scratch files, how many workers it starts (a resumed run may land on other hardware) or how
-    many old runs are kept around."""
+    scratch files, how many workers it starts (a resumed run may land on other hardware), how many
+    old runs are kept around, or how long storage faults are retried (a rerun may retry longer)."""
     resolved = config_module.to_dict(cfg)
     resolved["output"].pop("work_dir", None)
+    for key in ("max_attempts", "retry_seconds"):
+        resolved["s3"].pop(key, None)
     for section in ("distributed", "retention", "run_id"):
         resolved.pop(section, None)
     return hashlib.sha256(json.dumps(config_module.redact(resolved), sort_keys=True, default=str).encode()).hexdigest()

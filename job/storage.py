@@ -5,21 +5,34 @@ first and writes `_SUCCESS` last; it lists each file with its size and sha256, s
 what it downloads. Anything without `_SUCCESS` (a killed pod, a failed upload) is not a finished run.
 
 S3 goes through boto3 and the standard AWS configuration: credentials from the usual chain,
-`AWS_ENDPOINT_URL` (or `s3.endpoint_url`) for S3-compatible stores, botocore's standard retry mode, and
-multipart uploads above `s3.multipart_threshold_mb`. Credentials never pass through this module.
+`AWS_ENDPOINT_URL` (or `s3.endpoint_url`) for S3-compatible stores, and multipart uploads above
+`s3.multipart_threshold_mb`. Credentials never pass through this module.
+
+Every S3 operation is one retried unit (`S3Store._call`): a read is the request and its whole body (botocore's
+own retries end before the body is read), a listing every page of it, a transfer the whole file. A unit is
+retried with jittered exponential backoff while its fault is transient (5xx, throttling, a refused, reset or
+cut reply), at most `s3.max_attempts` times and while `s3.retry_seconds` allow; within a multipart transfer
+botocore retries each part a few times first. "404", "NoSuchKey" and "NotFound" mean the object is not
+there; a refusal (403, a bad request) is not retried; either way the job's error is exit 6.
 """
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import datetime as dt
 import hashlib
+import itertools
 import json
 import logging
 import os
+import random
+import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
+from typing import Callable, TypeVar
 
 from job import env
 from job.config import S3Config
@@ -30,6 +43,8 @@ log = logging.getLogger(__name__)
 SUCCESS = "_SUCCESS"
 PROBE = ".finetune-job-probe"
 LOCK = ".finetune-job.lock"  # local stores: held while a conditional write checks and renames
+MISSING = ("404", "NoSuchKey", "NotFound")  # a cut 404 reply arrives with its bare status as the code
+T = TypeVar("T")
 
 
 def open_store(uri: str, s3: S3Config):
@@ -47,12 +62,28 @@ def join(*parts: str) -> str:
 # ---------------------------------------------------------------------------------------------- local
 
 
+def _read_umask() -> int:
+    """This process's umask, read without setting it: os.umask can only be read by changing it, for
+    every thread at once (a file another thread creates meanwhile gets the wrong mode). Linux shows it
+    in /proc/self/status; elsewhere it is read once, here, when the module is imported."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+_UMASK = _read_umask()
+
+
 def _file_mode() -> int:
     """What open() would give a new file under this process's umask (mkstemp's 0600 is too strict
     for outputs other users or containers read)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+    return 0o666 & ~_UMASK
 
 
 class LocalStore:
@@ -165,14 +196,14 @@ def _endpoint(s3: S3Config) -> str | None:
     return s3.endpoint_url or env.get("AWS_ENDPOINT_URL") or env.get("AWS_ENDPOINT_URL_S3")
 
 
-def _botocore_config(s3: S3Config):
+def _botocore_config(s3: S3Config, attempts: int):
     from botocore.config import Config
 
     # Path-style addressing for S3-compatible stores (MinIO, SeaweedFS, Ceph): their hostnames rarely
     # resolve per bucket. AWS itself (no endpoint set) keeps virtual-hosted style.
     addressing = {"addressing_style": "path"} if _endpoint(s3) else {}
     return Config(
-        retries={"mode": "standard", "max_attempts": s3.max_attempts},
+        retries={"mode": "standard", "total_max_attempts": attempts},
         connect_timeout=10,
         read_timeout=120,
         s3=addressing,
@@ -182,24 +213,31 @@ def _botocore_config(s3: S3Config):
 def fsspec_options(s3: S3Config) -> dict:
     """s3fs storage_options equivalent to the boto3 client used for outputs."""
     client_kwargs = {k: v for k, v in {"endpoint_url": _endpoint(s3), "region_name": s3.region}.items() if v}
-    config_kwargs = {"retries": {"mode": "standard", "max_attempts": s3.max_attempts}, "connect_timeout": 10}
+    config_kwargs = {"retries": {"mode": "standard", "total_max_attempts": s3.max_attempts}, "connect_timeout": 10}
     if _endpoint(s3):
         config_kwargs["s3"] = {"addressing_style": "path"}
     return {"client_kwargs": client_kwargs, "config_kwargs": config_kwargs}
 
 
 def glob_s3(pattern: str, s3: S3Config) -> list[str]:
-    """Expand an s3:// glob with s3fs (the same filesystem datasets reads through)."""
-    import s3fs
+    """Expand an s3:// glob (`*` within a folder, `**` across folders) by listing the folder above its
+    first wildcard, with the store's retries: a storage fault is a StorageError, never "no match"."""
+    from fsspec.utils import glob_translate
 
-    fs = s3fs.S3FileSystem(**fsspec_options(s3))
-    try:
-        matches = fs.glob(pattern[5:]) if any(c in pattern for c in "*?[") else [pattern[5:]] if fs.isfile(pattern[5:]) else []
-    except PermissionError as exc:
-        raise StorageError(f"access denied ({exc})", where=pattern) from exc
-    except (OSError, ValueError) as exc:
-        raise StorageError(f"cannot list ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})", where=pattern) from exc
-    return [f"s3://{m}" for m in sorted(matches)]
+    bucket, _, key = pattern[5:].partition("/")
+    store = S3Store(bucket, "", s3)
+    if not any(c in key for c in "*?["):
+        return [pattern] if key and store.exists(key) else []
+    folder = key[: re.search(r"[*?\[]", key).start()].rpartition("/")[0]
+    wanted = re.compile(glob_translate(key))
+    return [f"s3://{bucket}/{k}" for k in store.list(folder) if wanted.fullmatch(k)]
+
+
+class _Incomplete(Exception):
+    """A reply that parsed but lacks what every complete one has (its headers or body were cut)."""
+
+
+_backoff = random.Random()  # jitter of its own: training seeds the global generator
 
 
 class S3Store:
@@ -210,8 +248,15 @@ class S3Store:
         self.bucket = bucket
         self.prefix = prefix
         self.uri = f"s3://{join(bucket, prefix)}"
-        self.client = boto3.session.Session().client(
-            "s3", endpoint_url=_endpoint(s3), region_name=s3.region, config=_botocore_config(s3)
+        self.max_attempts, self.retry_seconds = s3.max_attempts, s3.retry_seconds
+        session = boto3.session.Session()
+        # Direct calls are retried by _call alone (the request with its body). A multipart transfer is
+        # many requests on threads of its own: botocore retries each of them a few times, so one failed
+        # part does not restart the file, and a SIGTERM (which cancels the transfer) waits seconds for
+        # the requests under way, not a long chain of botocore's retries.
+        self.client = session.client("s3", endpoint_url=_endpoint(s3), region_name=s3.region, config=_botocore_config(s3, 1))
+        self.transfers = session.client(
+            "s3", endpoint_url=_endpoint(s3), region_name=s3.region, config=_botocore_config(s3, min(s3.max_attempts, 3))
         )
         mb = 1024 * 1024
         self.transfer = TransferConfig(
@@ -227,96 +272,198 @@ class S3Store:
         return f"s3://{self.bucket}/{self._key(key)}"
 
     def put_file(self, path: Path, key: str) -> None:
-        with self._errors(key):
-            self.client.upload_file(str(path), self.bucket, self._key(key), Config=self.transfer)
+        self._call(key, lambda: self.transfers.upload_file(str(path), self.bucket, self._key(key), Config=self.transfer))
 
     def put_bytes(self, data: bytes, key: str) -> None:
-        with self._errors(key):
-            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+        self._call(key, lambda: self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data))
 
     def get_bytes(self, key: str) -> bytes | None:
         return self.get_with_etag(key)[0]
 
     def exists(self, key: str) -> bool:
-        from botocore.exceptions import ClientError
-
-        with self._errors(key):
+        def head() -> bool:
             try:
                 self.client.head_object(Bucket=self.bucket, Key=self._key(key))
                 return True
-            except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            except Exception as exc:
+                if _code(exc) in MISSING:
                     return False
                 raise
+
+        return self._call(key, head)
 
     def list(self, prefix: str) -> list[str]:
         return sorted(obj["Key"][len(self.prefix) + 1 :] if self.prefix else obj["Key"] for obj in self._objects(prefix))
 
-    def _objects(self, prefix: str):
-        """Every object under `prefix` (a folder: `runs` does not match `runs-old/...`), page by page."""
+    def _objects(self, prefix: str) -> list[dict]:
+        """Every object under `prefix` (a folder: `runs` does not match `runs-old/...`), all pages."""
         base = self._key(prefix)
-        with self._errors(prefix):
+
+        def pages() -> list[dict]:
+            objects = []
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base + "/" if base else ""):
-                yield from page.get("Contents", [])
+                if "IsTruncated" not in page:  # an empty 200 (cut headers) must not read as "no objects"
+                    raise _Incomplete("a listing reply without its body")
+                objects.extend(page.get("Contents", []))
+            return objects
+
+        return self._call(prefix, pages)
 
     def delete(self, key: str) -> None:
-        with self._errors(key):
-            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        self._call(key, lambda: self.client.delete_object(Bucket=self.bucket, Key=self._key(key)))
 
     def download(self, prefix: str, dest: Path) -> None:
-        keys = self.list(prefix)
+        """Every object under `prefix` into `dest`. Keys are names chosen by whoever wrote the bucket: one
+        that would land outside `dest` (`../`, an absolute path) is refused before anything is written."""
+        keys = [key for key in self.list(prefix) if not key.endswith("/")]  # "folder/" markers hold nothing
         if not keys:
             raise StorageError("no objects under this prefix", where=self.url(prefix))
+        root = os.path.abspath(dest)
+        targets = {}
         for key in keys:
-            target = dest / key[len(prefix) :].lstrip("/")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with self._errors(key):
-                self.client.download_file(self.bucket, self._key(key), str(target), Config=self.transfer)
+            target = os.path.normpath(os.path.join(root, key[len(prefix) :].lstrip("/")))
+            if os.path.commonpath([root, target]) != root or target == root:
+                raise StorageError(f"refusing to download: the key would be written outside {dest}", where=self.url(key))
+            targets[key] = target
+        for key, target in targets.items():
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            self._call(key, lambda: self.transfers.download_file(self.bucket, self._key(key), target, Config=self.transfer))
 
     def get_with_etag(self, key: str) -> tuple[bytes | None, str | None]:
-        """The object and its ETag, for `put_if`."""
-        with self._errors(key):
+        """The object and its ETag, for `put_if`: the request and its body are read as one unit."""
+
+        def get() -> tuple[bytes | None, str | None]:
             try:
                 response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
-            except self.client.exceptions.NoSuchKey:
-                return None, None
-            return response["Body"].read(), response["ETag"]
+            except Exception as exc:
+                if _code(exc) in MISSING:
+                    return None, None
+                raise
+            with contextlib.closing(response["Body"]) as body:
+                data = body.read()  # botocore checks the length against Content-Length, when there is one
+            if response.get("ContentLength") is None or "ETag" not in response:
+                raise _Incomplete("a reply without its Content-Length or ETag header")
+            return data, response["ETag"]
+
+        return self._call(key, get)
 
     def put_if(self, data: bytes, key: str, etag: str | None) -> bool:
         """Compare-and-swap with S3 conditional writes: `If-Match: etag`, or `If-None-Match: *` when
         `etag` is None. False when another writer got there first (412, or 409 for a concurrent one)."""
-        from botocore.exceptions import ClientError
-
         condition = {"IfMatch": etag} if etag is not None else {"IfNoneMatch": "*"}
-        with self._errors(key):
+
+        def put() -> bool:
             try:
                 self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **condition)
-            except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey"):
+            except Exception as exc:
+                if _code(exc) in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "412", "409"):
                     return False
                 raise
-        return True
+            return True
+
+        return self._call(key, put)
 
     def modified(self, prefix: str) -> dt.datetime | None:
         """When anything under `prefix` was last written (None when nothing is there)."""
         return max((obj["LastModified"] for obj in self._objects(prefix)), default=None)
 
-    @contextlib.contextmanager
-    def _errors(self, key: str):
-        """botocore failures as one-line storage errors naming the object."""
-        from boto3.exceptions import S3UploadFailedError
-        from botocore.exceptions import BotoCoreError, ClientError
+    def _call(self, key: str, operation: Callable[[], T]) -> T:
+        """`operation()`, retried while it fails with a transient fault, with jittered exponential backoff,
+        at most `s3.max_attempts` times and while `s3.retry_seconds` allow; then one StorageError naming `key`."""
+        started = time.monotonic()
+        for attempt in itertools.count(1):
+            try:
+                return operation()
+            except Exception as exc:
+                problem, transient = _describe(exc)
+                if problem is None:
+                    raise  # not a storage fault: a bug, or one of the job's own errors
+                pause = _backoff.uniform(0, min(10.0, 0.25 * 2**attempt))
+                spent = time.monotonic() - started
+                if not transient or attempt >= self.max_attempts or spent + pause > self.retry_seconds:
+                    gave_up = f" (gave up after {attempt} attempts in {spent:.0f} s)" if transient and attempt > 1 else ""
+                    raise StorageError(problem + gave_up, where=self.url(key)) from exc
+                log.warning("storage: %s: %s; retrying in %.1f s (attempt %d)", self.url(key), problem, pause, attempt + 1)
+                time.sleep(pause)
 
-        try:
-            yield
-        except ClientError as exc:
-            error = exc.response.get("Error", {})
-            code = error.get("Code", "?")
-            raise StorageError(f"{code}: {error.get('Message') or exc.operation_name}", where=self.url(key)) from exc
-        except S3UploadFailedError as exc:
-            raise StorageError(f"upload failed: {str(exc).splitlines()[0]}", where=self.url(key)) from exc
-        except BotoCoreError as exc:
-            raise StorageError(f"{type(exc).__name__}: {exc}", where=self.url(key)) from exc
+
+def _client_error(exc: BaseException | None):
+    """The botocore ClientError behind `exc` (boto3's transfer errors wrap one), or None."""
+    from botocore.exceptions import ClientError
+
+    while exc is not None and not isinstance(exc, ClientError):
+        exc = exc.__cause__ or exc.__context__
+    return exc
+
+
+def _code(exc: BaseException) -> str | None:
+    """The S3 error code of a failed request: "NoSuchKey", or the bare status ("404") of a cut reply."""
+    error = _client_error(exc)
+    if error is None:
+        return None
+    return str(error.response.get("Error", {}).get("Code") or error.response.get("ResponseMetadata", {}).get("HTTPStatusCode"))
+
+
+# 4xx answers a retry can change: a timeout, throttling.
+_RETRIED_4XX = {"408", "429", "RequestTimeout", "SlowDown", "Throttling", "ThrottlingException"}
+
+
+def _describe(exc: BaseException) -> tuple[str | None, bool]:
+    """(one line saying what failed, is it transient?) for a storage fault; (None, False) for anything
+    else. Transient: 5xx and throttling answers, and every failure to get a whole reply (refused or reset
+    connections, timeouts, cut bodies or headers). Not transient: refusals (403), bad requests, missing
+    credentials, a local file that cannot be read."""
+    from botocore.exceptions import BotoCoreError
+
+    error = _client_error(exc)
+    if error is not None:
+        code = _code(error)
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        message = error.response.get("Error", {}).get("Message") or error.operation_name
+        return f"{code}: {message}", status >= 500 or code in _RETRIED_4XX or (code.isdigit() and int(code) >= 500)
+    if isinstance(exc, _cut_reply_errors()):
+        return f"{type(exc).__name__}: {_first_line(exc)}", True
+    if isinstance(exc, (BotoCoreError, OSError)):  # no credentials, a bad parameter, a local file: retrying cannot help
+        return f"{type(exc).__name__}: {_first_line(exc)}", False
+    return None, False
+
+
+def _cut_reply_errors() -> tuple[type, ...]:
+    """What botocore, boto3's transfers, urllib3 and aiohttp (s3fs) raise when no whole reply came back."""
+    import socket
+
+    from boto3.exceptions import RetriesExceededError, S3UploadFailedError
+    from botocore.exceptions import ConnectionError, HTTPClientError, IncompleteReadError
+    from botocore.parsers import ResponseParserError
+    from urllib3.exceptions import HTTPError
+
+    errors = (HTTPClientError, ConnectionError, IncompleteReadError, ResponseParserError, RetriesExceededError,
+              S3UploadFailedError, HTTPError, _Incomplete, builtins.ConnectionError, TimeoutError, socket.timeout)
+    with contextlib.suppress(ImportError):
+        import aiohttp
+
+        errors += (aiohttp.ClientError,)
+    return errors
+
+
+def fault_behind(exc: BaseException | None) -> BaseException | None:
+    """The storage fault in `exc`'s chain, if any: a failing server or connection, not a missing object
+    and not bad content. For reads that go through other libraries (s3fs wraps botocore's errors in
+    OSError), so that a bucket that fails is told from a file that does not parse."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    while exc is not None:
+        if isinstance(exc, ClientError) and _code(exc) not in MISSING:
+            return exc
+        if isinstance(exc, _cut_reply_errors() + (BotoCoreError,)):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 # ---------------------------------------------------------------------------------------------- runs
@@ -360,6 +507,19 @@ def publish(local_dir: Path, store, run_id: str, extra: dict | None = None) -> d
     store.put_bytes(json.dumps(manifest, indent=2).encode(), join(run_id, SUCCESS))
     log.info("published %d files to %s", len(files), store.url(run_id))
     return manifest
+
+
+def replace_file(store, run_id: str, path: str, data: bytes) -> None:
+    """Rewrite one file of a finished run, and its entry in the `_SUCCESS` manifest. The manifest goes
+    first: if the job stops in between, the old file no longer verifies (and a rerun, finding it
+    unchanged, writes both again) instead of a new file that would not."""
+    manifest = read_manifest(store, run_id)
+    for entry in manifest["files"]:
+        if entry["path"] == path:
+            entry.update(size=len(data), sha256=hashlib.sha256(data).hexdigest())
+    manifest["amended_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    store.put_bytes(json.dumps(manifest, indent=2).encode(), join(run_id, SUCCESS))
+    store.put_bytes(data, join(run_id, path))
 
 
 def delete_tree(store, prefix: str) -> None:

@@ -164,6 +164,15 @@ def _trainer_class(task):
                 return self.length_sampler
             return super()._get_train_sampler(dataset)
 
+        def _save(self, output_dir=None, state_dict=None):
+            # training_args.bin (written here, in every checkpoint and beside the model) pickles every
+            # TrainingArguments field: leave hub_token out, so no secret lands on the local disk.
+            token, self.args.hub_token = self.args.hub_token, None
+            try:
+                super()._save(output_dir, state_dict)
+            finally:
+                self.args.hub_token = token
+
         def evaluation_loop(self, *args, **kwargs):
             # Evaluation draws from the global RNG (each DataLoader iterator takes a seed from it, the
             # masked-LM collator its masks). Keep that out of training's RNG stream, so a resumed run

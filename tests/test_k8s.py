@@ -186,7 +186,19 @@ def test_scheduled_overlay_is_a_cronjob_around_the_base_job(rendered):
     for spec in (base_spec, scheduled_spec):  # the overlay has its own config, so its ConfigMap hash differs
         for volume in spec["template"]["spec"]["volumes"]:
             volume.get("configMap", {}).pop("name", None)
+        spec["template"]["spec"]["containers"][0].pop("image")  # and its own image (as every overlay)
     assert scheduled_spec == base_spec
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_overlay_names_an_image_with_a_tag(rendered, overlay):
+    """The base's `image: finetune-job` would be `:latest`, pulled anew on every start: each overlay
+    pins a tag (or a digest)."""
+    pod = job_spec(rendered[overlay])["template"]["spec"]
+    for container in pod["containers"] + pod.get("initContainers", []):
+        image = container["image"]
+        name, _, tag = image.rpartition("/")[2].partition(":")
+        assert "@sha256:" in image or (tag and tag != "latest"), f"{overlay}: {image} has no tag"
 
 
 def multinode_checks(objects: list[dict]) -> None:

@@ -17,9 +17,15 @@ from job.log import echo
 @click.option("--output", "output_uri", required=True, metavar="FILE|s3://...", help="Where predictions.jsonl goes.")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--text-column", default=None, help="Input column, if it differs from the one the model was trained on.")
-def command(model_uri, input_uri, output_uri, batch_size, text_column):
+@click.option(
+    "--trust-remote-code", is_flag=True,
+    help="Run model code shipped with --model (a model trained from one that needs it). Off unless you trust it.",
+)
+def command(model_uri, input_uri, output_uri, batch_size, text_column, trust_remote_code):
     """Predict labels for every row of an input file with a trained model."""
     from job import predict
 
-    count = predict.predict(model_uri, input_uri, output_uri, batch_size=batch_size, text_column=text_column)
+    count = predict.predict(
+        model_uri, input_uri, output_uri, batch_size=batch_size, text_column=text_column, trust_remote_code=trust_remote_code
+    )
     echo(f"{count} predictions written to {output_uri}")

@@ -1,0 +1,173 @@
+"""Storage that fails: the job's S3 operations through a fault-injecting proxy (tests/faultproxy.py) in
+front of the real S3 server, which answers 503 and 500, resets connections mid-request and mid-reply,
+cuts headers and bodies short, and delays. What the job reads is compared with what the server holds,
+read directly (not through the proxy).
+
+The end-to-end runs (real training, real promotion) are in tests/test_faults_runs.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+
+import pytest
+
+from conftest import base_env, run_cli
+from faultproxy import FAULTS, FaultProxy
+from job import champion, storage
+from job.config import S3Config
+from job.errors import StorageError
+
+EVERY_FAULT = {fault: 0.05 for fault in FAULTS if fault != "delay"} | {"delay": 0.02}
+
+
+@pytest.fixture
+def proxy(s3_server):
+    host, port = s3_server.endpoint.rsplit("/", 1)[1].split(":")
+    with FaultProxy((host, int(port)), seed=11, delay=(0.1, 0.5)) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+def through(proxy, s3_server, monkeypatch):
+    """open_store(uri, **s3 settings) talking to the proxy."""
+    for key, value in {**s3_server.env(), "AWS_ENDPOINT_URL": proxy.endpoint}.items():
+        monkeypatch.setenv(key, value)
+    return lambda uri, **settings: storage.open_store(uri, S3Config(**settings))
+
+
+def test_every_operation_survives_every_kind_of_fault(s3_server, bucket, proxy, through, tmp_path):
+    """About a third of all requests fail, each kind alike; every operation still returns exactly what
+    the server holds, and a missing object stays missing (None, False), never an error."""
+    store = through(f"s3://{bucket}/runs", max_attempts=30, retry_seconds=120)
+    direct = s3_server.client()
+    proxy.set_rates(EVERY_FAULT)
+    blobs = {f"r/{i}/part-{i}.bin": os.urandom(20_000 + 997 * i) for i in range(12)}
+    for key, data in blobs.items():
+        store.put_bytes(data, key)
+    upload = tmp_path / "upload.bin"
+    upload.write_bytes(os.urandom(300_000))
+    store.put_file(upload, "r/file/upload.bin")
+    blobs["r/file/upload.bin"] = upload.read_bytes()
+
+    for key, data in blobs.items():
+        assert direct.get_object(Bucket=bucket, Key=f"runs/{key}")["Body"].read() == data  # what landed
+        assert store.get_bytes(key) == data  # what is read back, body included
+        assert store.exists(key)
+    assert store.list("r") == sorted(blobs)
+    for i in range(8):
+        assert store.get_bytes(f"r/missing-{i}.json") is None
+        assert not store.exists(f"r/missing-{i}.json")
+    store.download("r/file", tmp_path / "down")
+    assert (tmp_path / "down" / "upload.bin").read_bytes() == upload.read_bytes()
+
+    # Compare-and-swap keeps its promise: each write lands once, on the version it was given; a write
+    # whose reply was lost is refused when retried (the caller's nonce check tells it was its own).
+    for i in range(6):
+        _, etag = store.get_with_etag("pointer.json")
+        if not store.put_if(f"v{i}".encode(), "pointer.json", etag):
+            assert store.get_bytes("pointer.json") == f"v{i}".encode()
+    assert direct.get_object(Bucket=bucket, Key="runs/pointer.json")["Body"].read() == b"v5"
+    assert all(proxy.counts[fault] > 0 for fault in FAULTS), proxy.counts  # every kind really happened
+
+
+def test_a_cut_404_reply_is_a_missing_object(bucket, proxy, through):
+    """A 404 whose headers or body are cut arrives as the bare code "404": still "not there", at once."""
+    store = through(f"s3://{bucket}/runs", max_attempts=1)
+    for fault in ("cut_body", "cut_headers", "cut_headers"):
+        proxy.add("GET", "/nothing-here.json", fault)
+        proxy.add("HEAD", "/nothing-here.json", "cut_headers")
+    for _ in range(3):
+        assert store.get_bytes("nothing-here.json") is None
+        assert not store.exists("nothing-here.json")
+    assert proxy.counts == {"cut_body": 1, "cut_headers": 5}
+
+
+def test_retrying_stops_after_retry_seconds(bucket, proxy, through):
+    store = through(f"s3://{bucket}/runs", max_attempts=1000, retry_seconds=3)
+    proxy.set_rates({"slowdown": 1.0})
+    started = time.monotonic()
+    with pytest.raises(StorageError) as failed:
+        store.get_bytes("anything.json")
+    took = time.monotonic() - started
+    assert took < 3 + 5, took  # the bound (and a last request), not botocore's or the proxy's own
+    assert "SlowDown: Please reduce your request rate." in str(failed.value)
+    assert "gave up after" in str(failed.value) and proxy.counts["slowdown"] > 3
+
+
+def test_a_refusal_is_not_retried(s3_server, bucket, proxy, through, monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret-0123456789")
+    store = through(f"s3://{bucket}/runs", max_attempts=50, retry_seconds=60)
+    with pytest.raises(StorageError, match="SignatureDoesNotMatch"):
+        store.put_bytes(b"x", "x.json")
+    assert proxy.requests == 1
+
+
+def test_keys_that_escape_the_target_are_refused_before_anything_is_written(s3_server, bucket, proxy, through, tmp_path):
+    """S3 accepts `../` in keys (SeaweedFS does not: the proxy adds one to the listing, as a hostile
+    or merely careless writer of the bucket would)."""
+    store = through(f"s3://{bucket}/runs")
+    store.put_bytes(b"weights", "r/model/model.safetensors")
+    proxy.rewrite(_escaping_listing("runs/r/model/../../../../escaped.txt"))
+    with pytest.raises(StorageError, match="refusing to download: the key would be written outside"):
+        store.download("r/model", tmp_path / "deep" / "target")
+    assert not list(tmp_path.rglob("*.txt")) and not list(tmp_path.rglob("model.safetensors"))
+
+
+def _escaping_listing(key: str):
+    """A proxy rewrite: every object listing gains `key`."""
+    entry = (f"<Contents><Key>{key}</Key><LastModified>2026-01-01T00:00:00.000Z</LastModified>"
+             '<ETag>"0"</ETag><Size>1</Size><StorageClass>STANDARD</StorageClass></Contents>').encode()
+
+    def change(method, target, body):
+        if method == "GET" and "list-type=2" in target and b"</ListBucketResult>" in body:
+            return body.replace(b"</ListBucketResult>", entry + b"</ListBucketResult>")
+        return None
+
+    return change
+
+
+def _finished_run(store, run_id: str) -> None:
+    store.put_bytes(b'{"test_f1": 0.5}', f"{run_id}/metrics.json")
+    store.put_bytes(f'{{"run_id": "{run_id}", "finished_at": "2026-01-01T00:00:00+00:00", "files": []}}'.encode(), f"{run_id}/_SUCCESS")
+
+
+@pytest.mark.parametrize("command", ["promote", "rollback"])
+def test_a_pointer_write_whose_reply_is_lost_succeeds(s3_server, bucket, proxy, tmp_path, monkeypatch, command):
+    """The write lands, its reply is reset, and every retry fails until the attempts run out: the
+    command reads the pointer back, finds its own nonce, and reports success (exit 0)."""
+    uri = f"s3://{bucket}/runs"
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    store = storage.open_store(uri, S3Config())
+    for run_id in ("a", "b"):
+        _finished_run(store, run_id)
+    champion.promote(store, "a", "test_f1", "first")
+    if command == "rollback":
+        champion.promote(store, "b", "test_f1", "second")
+    proxy.add("PUT", "/runs/champion.json", "reset_response")
+    proxy.add("PUT", "/runs/champion.json", "slowdown", times=5)
+    env = base_env(**{**s3_server.env(), "AWS_ENDPOINT_URL": proxy.endpoint})
+    args = ("promote", "b") if command == "promote" else ("rollback",)
+    proc = run_cli(*args, "--output", uri, "--set", "s3.max_attempts=3", env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "it landed" in proc.stderr and "Traceback" not in proc.stderr
+    assert proxy.counts == {"reset_response": 1, "slowdown": 2}
+    pointer = champion.current(store)
+    assert pointer["run_id"] == ("b" if command == "promote" else "a")
+    assert [r["generation"] for r in champion.history(store)] == list(range(1, pointer["generation"] + 1))
+    assert champion.record(store, pointer["generation"]) == pointer
+
+
+def test_manifest_of_a_replaced_file_still_verifies(s3_server, bucket, monkeypatch):
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    store = storage.open_store(f"s3://{bucket}/runs", S3Config())
+    store.put_bytes(b"old", "r/metrics.json")
+    store.put_bytes(b'{"run_id": "r", "files": [{"path": "metrics.json", "size": 3, "sha256": "x"}]}', "r/_SUCCESS")
+    storage.replace_file(store, "r", "metrics.json", b"new!")
+    entry = storage.read_manifest(store, "r")["files"][0]
+    assert entry == {"path": "metrics.json", "size": 4, "sha256": hashlib.sha256(b"new!").hexdigest()}
+    assert store.get_bytes("r/metrics.json") == b"new!"
