@@ -8,6 +8,7 @@ so only the task head learns (transfer learning); `all` fine-tunes every layer.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from pathlib import Path
@@ -17,6 +18,26 @@ from job.config import JobConfig, is_builtin
 from job.errors import ModelError
 
 log = logging.getLogger(__name__)
+
+META_FILE = "finetune_job.json"  # saved beside a published model: its task and how its inputs are read
+
+
+def meta(cfg: JobConfig) -> dict:
+    """What a published model carries beside its weights (META_FILE): the task and its settings, for the
+    promotion gate (a champion of another task is not comparable), and the columns and file layout
+    its inputs were read with, for `finetune-job predict`."""
+    d = cfg.data
+    return {
+        "task": cfg.task.name,
+        "text_column": d.text_column,
+        "text_pair_column": d.text_pair_column,
+        "label_column": d.label_column,
+        "id_column": d.id_column,
+        "format": d.format,
+        "field": d.field,
+        "max_length": d.max_length,
+        "task_settings": dataclasses.asdict(cfg.task.settings),  # e.g. seq2seq's prefix and generation settings
+    }
 
 
 def model_class(task):

@@ -13,6 +13,12 @@ at least `min_delta` better is promoted; with the default 0, a tie promotes the 
 champion with other labels is not comparable and stays (promote by hand); a champion whose run lost
 its `_SUCCESS` is replaced.
 
+Champions are per task: a run never scores a champion of another task (a causal-lm perplexity and a
+masked-lm pseudo-perplexity measure different things) or of another kind of problem (regression
+against single-label), nor one with another label set. Such a champion is kept, with that reason in
+metrics.json (promote by hand, or give unrelated runs their own `output.uri`); `finetune-job check`
+says so before any training.
+
 The decision, both scores and the reason go into metrics.json (`promotion_*`) and the log before the
 run is published; the pointer moves only after `_SUCCESS` (job/champion.py). If another run became
 champion in between, the gate scores that one too and decides again.
@@ -20,6 +26,7 @@ champion in between, the gate scores that one too and decides again.
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -91,6 +98,7 @@ class Gate:
     """Scores champions on this run's data (each run at most once) and decides."""
 
     def __init__(self, cfg, store, run_id: str, score: Callable[[str], float | None], workers: int = 1):
+        self.cfg = cfg
         self.settings = cfg.promotion
         self.store = store
         self.run_id = run_id
@@ -146,6 +154,8 @@ class Gate:
         if run_id not in self.scores:
             if storage.read_manifest(self.store, run_id) is None:
                 self.scores[run_id] = None, "gone: its run has no _SUCCESS"
+            elif (other := other_kind(self.cfg, self.store, run_id)) is not None:
+                self.scores[run_id] = None, other
             elif not self.can_score:
                 return None, "it became champion after this run's workers had finished, and scoring needs them all"
             else:
@@ -161,6 +171,20 @@ class Gate:
 
 
 # ---------------------------------------------------------------------------------------------- scoring
+
+
+def other_kind(cfg, store, run_id: str) -> str | None:
+    """Why the model of run `run_id` is not a model of this run's kind (task, problem type), or None.
+    Read from the small file a published model carries (models.META_FILE), before any download."""
+    data = store.get_bytes(storage.join(run_id, "model", models.META_FILE))
+    theirs = json.loads(data) if data is not None else {}
+    ours = models.meta(cfg)
+    if theirs.get("task") != ours["task"]:
+        return f"it was trained for {theirs.get('task') or 'no task finetune-job knows'}, this run for {ours['task']}"
+    problem = theirs.get("task_settings", {}).get("problem_type"), ours["task_settings"].get("problem_type")
+    if problem[0] != problem[1]:
+        return f"its problem type is {problem[0]}, this run's {problem[1]}"
+    return None
 
 
 def evaluator(cfg, store, task, spec, raw, args) -> Callable[[str], float | None]:

@@ -12,7 +12,6 @@ A rerun with the run id of a finished run does nothing (Kubernetes may retry a p
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -29,8 +28,6 @@ from job.config import JobConfig
 from job.errors import ConfigError, Interrupted
 
 log = logging.getLogger(__name__)
-
-META_FILE = "finetune_job.json"  # saved beside the model: how `finetune-job predict` reads its inputs
 
 
 @dataclass
@@ -134,7 +131,7 @@ def run(cfg: JobConfig, log_format: str = "text") -> RunResult:
     trainer.save_model(str(stage / "model"))
     # training_args.bin pickles every TrainingArguments field, hub_token included: not an output.
     (stage / "model" / "training_args.bin").unlink(missing_ok=True)
-    (stage / "model" / META_FILE).write_text(json.dumps(model_meta(cfg), indent=2))
+    (stage / "model" / models.META_FILE).write_text(json.dumps(models.meta(cfg), indent=2))
     trainer.state.save_to_json(str(stage / "trainer_state.json"))
     (stage / "config.yaml").write_text(config_yaml)
     (stage / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -172,18 +169,6 @@ def new_run_id() -> str:
 
 def work_dir(cfg: JobConfig) -> Path:
     return Path(cfg.output.work_dir) if cfg.output.work_dir else Path(tempfile.gettempdir()) / "finetune-job"
-
-
-def model_meta(cfg: JobConfig) -> dict:
-    d = cfg.data
-    return {
-        "task": cfg.task.name,
-        "text_column": d.text_column,
-        "text_pair_column": d.text_pair_column,
-        "label_column": d.label_column,
-        "max_length": d.max_length,
-        "task_settings": dataclasses.asdict(cfg.task.settings),  # e.g. seq2seq's prefix and generation settings
-    }
 
 
 def _check_prediction_order(features, raw, predicted) -> None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Iterator
 
-from job.data import ROW_ID, column_error, is_iterable, max_tokens, require_columns, tokenize_splits
+from job.data import ROW_ID, BadRow, column_error, is_iterable, max_tokens, require_columns, tokenize_splits
 from job.errors import ConfigError, DataError
 
 MODEL_CLASS = "AutoModelForSeq2SeqLM"
@@ -119,7 +119,7 @@ def preprocess(splits, tokenizer, cfg, spec: Spec):
     def encode(batch, split: str, labelled: bool):
         for i, source in enumerate(batch[spec.source_column]):
             if not isinstance(source, str):
-                raise DataError(f"row {batch[ROW_ID][i]} of the {split} split has no source text", where="data.text_column")
+                raise BadRow(batch[ROW_ID][i], "has no source text", "data.text_column")
         sources = [spec.prefix + source for source in batch[spec.source_column]]
         encoded = tokenizer(sources, truncation=True, max_length=max_length, padding=padding)
         encoded["length"] = [len(ids) for ids in encoded["input_ids"]]

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from job.data import ROW_ID, column_error, is_iterable, max_tokens, require_columns, tokenize_splits
+from job.data import ROW_ID, BadRow, column_error, is_iterable, max_tokens, require_columns, tokenize_splits
 from job.errors import ConfigError, DataError
 
 MODEL_CLASS = "AutoModelForSequenceClassification"
@@ -205,7 +205,7 @@ def preprocess(splits, tokenizer, cfg, spec: Spec):
         pairs = batch[spec.text_pair_column] if spec.text_pair_column else None
         for i, text in enumerate(texts):
             if not isinstance(text, str) or (pairs is not None and not isinstance(pairs[i], str)):
-                raise DataError(f"row {batch[ROW_ID][i]} of the {split} split has no text", where="data.text_column")
+                raise BadRow(batch[ROW_ID][i], "has no text", "data.text_column")
         encoded = tokenizer(texts, pairs, truncation=True, max_length=max_length, padding=padding)
         encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
         if labelled:
