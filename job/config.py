@@ -275,7 +275,7 @@ def load(path: str | None = None, sets: tuple[str, ...] = (), *, use_env: bool =
     cfg = JobConfig(
         run_id=_typed(merged.get("run_id"), str | None, "run_id", sources),
         task=TaskConfig(name=task_name, settings=settings),
-        training=_check_training(merged.get("training", {}), sources),
+        training=_check_training(merged.get("training", {}), sources, task_module),
         **{name: _build(cls, merged.get(name, {}), name, sources) for name, cls in _SECTIONS.items()},
     )
     cfg.sources = {key: sources.get(key, "default") for key in flatten(to_dict(cfg))}
@@ -492,14 +492,18 @@ def _describe(annotation) -> str:
     return " or ".join(dict.fromkeys(parts)) or "nothing"
 
 
-def _check_training(values: dict[str, Any], sources: dict[str, str]) -> dict[str, Any]:
-    """Check names and types of the TrainingArguments pass-through without constructing it."""
+def _check_training(values: dict[str, Any], sources: dict[str, str], task_module) -> dict[str, Any]:
+    """Check names and types of the TrainingArguments pass-through (the task's class: seq2seq's has
+    generation settings), then its values (job/training_args.py)."""
     if not values:
         return {}
-    from transformers import TrainingArguments  # heavy; only config-reading commands get here
+    import transformers  # heavy; only config-reading commands get here
 
-    hints = typing.get_type_hints(TrainingArguments)
-    fields = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+    from job import training_args
+
+    arguments_class = getattr(transformers, getattr(task_module, "TRAINER", ("Trainer", "TrainingArguments"))[1])
+    hints = typing.get_type_hints(arguments_class)
+    fields = {f.name for f in dataclasses.fields(arguments_class) if f.init}
     checked = {}
     for key, value in values.items():
         dotted = f"training.{key}"
@@ -508,6 +512,7 @@ def _check_training(values: dict[str, Any], sources: dict[str, str]) -> dict[str
         if key not in fields:
             _unknown(dotted, key, sorted(fields), sources.get(dotted, "?"), prefix="training.")
         checked[key] = _typed(value, hints.get(key, Any), dotted, sources)
+    training_args.check(checked, lambda key: f"training.{key} ({sources.get(f'training.{key}', 'default')})", arguments_class)
     return checked
 
 

@@ -95,11 +95,27 @@ def _from_pretrained(location: str, cfg: JobConfig, cls, kwargs: dict, work_dir:
             if not hasattr(cls, "from_config"):  # a concrete class (not Auto) loads any weights it is given
                 _check_model_type(AutoConfig.from_pretrained(location, **options), cls, location)
             tokenizer = AutoTokenizer.from_pretrained(location, **options)
+            _check_weights(location)
             model = cls.from_pretrained(location, **options, **kwargs)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(_explain(exc, location), where=f"model.name: {location}") from exc
     log.info("model: %s loaded (%.1fM parameters)", location, model.num_parameters() / 1e6)
     return tokenizer, model
+
+
+def _check_weights(location: str) -> None:
+    """Read the header of every safetensors file of a local model (cheap: no tensor is loaded), so a
+    corrupt or foreign file is a model error naming it, not a traceback from deep in from_pretrained."""
+    from safetensors import safe_open
+
+    folder = Path(location)
+    for path in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
+        try:
+            with safe_open(str(path), framework="pt") as weights:
+                weights.keys()
+        except Exception as exc:  # safetensors raises its own SafetensorError (and OSError for I/O)
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"not a readable safetensors weights file ({first})", where=str(path)) from exc
 
 
 def _check_model_type(config, cls, location: str) -> None:
@@ -160,6 +176,7 @@ def check(cfg: JobConfig) -> str:
             AutoConfig.from_pretrained(folder or ".", gguf_file=file, **options)
         else:
             AutoConfig.from_pretrained(name, **options)
+            _check_weights(name)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(_explain(exc, name), where=f"model.name: {name}") from exc
     kind = "GGUF file" if gguf.is_gguf(name) else "local directory"

@@ -2,7 +2,7 @@
 
     promotion:
       mode: auto         # auto: promote when the run beats the champion; never; always
-      metric: test_f1    # a test_* or eval_* metric; one whose name ends in "loss" is better when lower
+      metric: test_f1    # a test_* or eval_* metric; loss, perplexity, mse, rmse and mae are better when lower
       min_delta: 0.01    # least improvement that promotes: absolute, or relative to the champion ("1%")
 
 The champion's metrics.json was measured on its own test data, and the data changes every night. So
@@ -66,7 +66,8 @@ class Decision:
 
 
 def lower_is_better(metric: str) -> bool:
-    return metric.endswith(("loss", "perplexity"))  # TrainingArguments.greater_is_better's rule, and perplexity
+    """TrainingArguments.greater_is_better's rule (a loss), plus perplexity and regression's errors."""
+    return metric.endswith(("loss", "perplexity", "mse", "rmse", "mae"))
 
 
 def required_gain(min_delta: float | str, champion_score: float) -> float:

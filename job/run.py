@@ -101,7 +101,7 @@ def run(cfg: JobConfig, log_format: str = "text") -> RunResult:
         train_result.metrics["train_loss"] = checkpoints.whole_run_loss(
             trainer.state.log_history, resumed_step, train_result.metrics["train_loss"], trainer.state.global_step
         )
-    eval_metrics = trainer.evaluate()
+    eval_metrics = training.final_evaluation(trainer)
     predicted = trainer.predict(features["test"], metric_key_prefix="test")
     _check_prediction_order(features["test"], raw["test"], predicted)
     metrics = {

@@ -59,6 +59,9 @@ def training_defaults(cfg) -> dict:
     settings = cfg.task.settings
     new_tokens = settings.max_new_tokens or settings.max_target_length
     return {
+        # Generating is the slow part of evaluating (a 10-row fixture spent 90% of its run on it):
+        # validation is generated once, at the end, unless training.eval_strategy asks for more.
+        "eval_strategy": "no",
         "predict_with_generate": True,
         "generation_num_beams": settings.num_beams,
         # Passed to generate() as max_length, which for an encoder-decoder counts the decoder's start
