@@ -36,7 +36,8 @@ def meta(cfg: JobConfig) -> dict:
         "format": d.format,
         "field": d.field,
         "max_length": d.max_length,
-        "task_settings": dataclasses.asdict(cfg.task.settings),  # e.g. seq2seq's prefix and generation settings
+        # e.g. seq2seq's prefix and generation settings
+        "task_settings": dataclasses.asdict(cfg.task.settings) if dataclasses.is_dataclass(cfg.task.settings) else {},
     }
 
 

@@ -176,10 +176,12 @@ class Gate:
 
 def other_kind(cfg, store, run_id: str) -> str | None:
     """Why the model of run `run_id` is not a model of this run's kind (task, problem type), or None.
-    Read from the small file a published model carries (models.META_FILE), before any download."""
+    Read from the small file a published model carries (models.META_FILE), before any download; a
+    model without one is left to the scoring (it fails there if it does not fit)."""
     data = store.get_bytes(storage.join(run_id, "model", models.META_FILE))
-    theirs = json.loads(data) if data is not None else {}
-    ours = models.meta(cfg)
+    if data is None:
+        return None
+    theirs, ours = json.loads(data), models.meta(cfg)
     if theirs.get("task") != ours["task"]:
         return f"it was trained for {theirs.get('task') or 'no task finetune-job knows'}, this run for {ours['task']}"
     problem = theirs.get("task_settings", {}).get("problem_type"), ours["task_settings"].get("problem_type")
