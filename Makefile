@@ -36,9 +36,10 @@ test-fast: $(STAMP)
 soak: $(STAMP)
 	FAULT_SOAK=1 $(BIN)/python -m pytest tests/test_faults_runs.py -k soak -s
 
-## bench: padding-to-max-length against dynamic padding, one table
+## bench: padding (classification, causal-lm packing) and evaluation costs, against baselines in the same run
 bench: $(STAMP)
 	$(BIN)/python tests/bench_padding.py
+	$(BIN)/python tests/bench_evaluation.py
 
 ## bench-gpu: training tokens/s and MFU, the job's defaults against plain Trainer and each GPU default on/off
 ## (tiny models on CPU; on a GPU machine without this venv: bash tests/gpu_check.sh)

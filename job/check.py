@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from job import data, models, storage, tasks
+from job import champion, data, models, promotion, storage, tasks
 from job.config import JobConfig
 
 
@@ -21,5 +21,10 @@ def check(cfg: JobConfig) -> Iterator[str]:
     store = storage.open_store(cfg.output.uri, cfg.s3)
     storage.probe(store)
     yield f"output: ok ({store.uri} is writable)"
+    pointer, _ = champion.read(store)
+    if pointer is not None:
+        other = promotion.other_kind(cfg, store, pointer["run_id"])
+        verdict = f"not comparable ({other}): runs keep it; promote by hand or use another output.uri" if other else "runs are scored against it"
+        yield f"champion: run {pointer['run_id']}, {verdict}"
 
     yield f"model: ok ({models.check(cfg)})"

@@ -55,16 +55,17 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str | None = _setting(None, "Hub dataset id, or builtin:sentiment-demo. Or use the *_files keys.")
+    dataset: str | None = _setting(None, "Hub dataset id, or a shipped demo (builtin:sentiment-demo, builtin:ner-demo, builtin:translation-demo, builtin:stories-demo). Or use the *_files keys.")
     config_name: str | None = _setting(None, "Hub dataset configuration name.")
     revision: str | None = _setting(None, "Hub dataset revision (branch, tag or commit).")
     train_files: str | list[str] | None = _setting(None, "Local path, glob or s3:// URI (or a list of them).")
     validation_files: str | list[str] | None = _setting(None, "As train_files; carved from train when absent.")
     test_files: str | list[str] | None = _setting(None, "As train_files; carved from train when absent.")
-    format: str | None = _setting(None, "csv, json, parquet, text (a row per line) or conll; inferred from the file extension when unset.")
-    text_column: str = _setting("text", "Input column.")
+    format: str | None = _setting(None, "csv, tsv, json, parquet, text (a row per line) or conll; inferred from the file extension when unset.")
+    field: str | None = _setting(None, "JSON files: the key whose list holds the rows (`{\"version\": ..., \"data\": [...]}`: data).")
+    text_column: str = _setting("text", "Input column ('tokens' for CoNLL files); a dotted name (translation.en) reaches into a nested field.")
     text_pair_column: str | None = _setting(None, "Second input column for sentence-pair tasks.")
-    label_column: str = _setting("label", "Label (or target) column.")
+    label_column: str = _setting("label", "Label (or target) column ('tags' for CoNLL files).")
     id_column: str | None = _setting(None, "Column that identifies a row in predictions; the row number when unset.")
     label_names: list[str] | None = _setting(None, "Fixes the label set and its order (integer labels are ids into it); inferred when unset.")
     validation_size: float = _setting(0.1, "Share of train carved as validation when there is no validation split.")
@@ -180,48 +181,136 @@ class _Text(str):
     """A raw string from the environment or --set: typed by the field it lands in, not by its look."""
 
 
+# YAML 1.2's core-schema float, as users write it (`2e-5`, `1e3`, `.5`, `-1.5E+3`): PyYAML follows
+# YAML 1.1, where a float needs a dot and a signed exponent, so `2e-5` stayed text. Integers and
+# version-like strings (`1.2.3`) do not match.
+_FLOAT_1_2 = re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)[eE][-+]?[0-9]+$|^[-+]?(?:\.[0-9]+|[0-9]+\.[0-9]*)$")
+
+
+class _Number:
+    """A number read from YAML that remembers its text: a string field (a revision such as `7e12345`)
+    takes the text back instead of a number it never meant."""
+
+    text: str
+
+
+class _Int(_Number, int):
+    pass
+
+
+class _Float(_Number, float):
+    pass
+
+
+def _yaml_loader():
+    """The one YAML reader for config files, environment values and --set values."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_number(self, node, kind):
+            base = yaml.SafeLoader.construct_yaml_float if kind is _Float else yaml.SafeLoader.construct_yaml_int
+            number = kind(base(self, node))
+            number.text = node.value
+            return number
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_1_2, list("-+.0123456789"))
+    Loader.add_constructor("tag:yaml.org,2002:float", lambda loader, node: loader.construct_number(node, _Float))
+    Loader.add_constructor("tag:yaml.org,2002:int", lambda loader, node: loader.construct_number(node, _Int))
+    return Loader
+
+
+def _parse_yaml(text: str) -> Any:
+    import yaml
+
+    return yaml.load(text, Loader=_yaml_loader())
+
+
+def _plain(value: Any, keep_text: bool = False) -> Any:
+    """Plain ints and floats again (yaml.safe_dump refuses subclasses); with keep_text, a number
+    goes back to the text it was written as."""
+    if isinstance(value, _Number):
+        return value.text if keep_text else (float(value) if isinstance(value, float) else int(value))
+    if isinstance(value, dict):
+        return {k: _plain(v, keep_text) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v, keep_text) for v in value]
+    return value
+
+
 # ---------------------------------------------------------------------------------------------- loading
 
 
 def load(path: str | None = None, sets: tuple[str, ...] = (), *, use_env: bool = True) -> JobConfig:
-    """Resolve the config from its four layers and check it; raise ConfigError on the first problem."""
+    """Resolve the config from its four layers and check it; raise ConfigError on the first problem.
+
+    With no config file, and no data source or model of the user's own in the environment or --set,
+    the embedded demo of the task (job/demo/<task>.yaml) is the layer under them: `finetune-job run
+    --set task=seq2seq` trains on the shipped demo data. Otherwise the demo stays out of it."""
     from job import tasks  # cheap: task modules import their heavy libraries lazily
 
-    merged: dict[str, Any] = {}
-    sources: dict[str, str] = {}
     if path is None:
         path = env.get("FINETUNE_CONFIG") or None
+    layers: list[tuple[dict, str]] = []  # (values, where they came from), lowest precedence first
     if path is not None:
-        _merge(merged, sources, _read_yaml(path), f"file {path}")
+        layers.append((_read_yaml(path), f"file {path}"))
     if use_env:
         for key, (value, variable) in env.config_overrides().items():
-            _merge(merged, sources, _nest(key, _Text(value)), f"env {variable}")
+            layers.append((_nest(key, _Text(value)), f"env {variable}"))
     for item in sets:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"expected key=value, got {item!r}", where="--set")
-        _merge(merged, sources, _nest(key.strip(), _Text(value)), "--set")
+        layers.append((_nest(key.strip(), _Text(value)), "--set"))
 
-    task_section = merged.get("task", {})
-    task_name = _typed(task_section.get("name", TaskConfig.name), str, "task.name", sources)
+    merged, sources = _merge_layers(layers)
+    task_name = _typed(merged.get("task", {}).get("name", TaskConfig.name), str, "task.name", sources)
     task_module = tasks.get(task_name)  # ConfigError with a hint when unknown
+    if path is None and not _names_data_or_model(merged):
+        merged, sources = _merge_layers([_demo_layer(task_name), *layers])
+    task_section = merged.get("task", {})
+    settings = _build(task_module.Settings, {k: v for k, v in task_section.items() if k != "name"}, "task", sources)
     # Without a model.name, each task trains its own tiny offline default (a builtin of its family).
     merged.setdefault("model", {}).setdefault("name", task_module.BUILTIN_MODEL)
     # ... and without a promotion.metric, the promotion gate compares the task's headline score.
-    merged.setdefault("promotion", {}).setdefault("metric", task_module.PROMOTION_METRIC)
+    metric = task_module.promotion_metric(settings) if hasattr(task_module, "promotion_metric") else task_module.PROMOTION_METRIC
+    merged.setdefault("promotion", {}).setdefault("metric", metric)
 
     cfg = JobConfig(
         run_id=_typed(merged.get("run_id"), str | None, "run_id", sources),
-        task=TaskConfig(
-            name=task_name,
-            settings=_build(task_module.Settings, {k: v for k, v in task_section.items() if k != "name"}, "task", sources),
-        ),
-        training=_check_training(merged.get("training", {}), sources),
+        task=TaskConfig(name=task_name, settings=settings),
+        training=_check_training(merged.get("training", {}), sources, task_module),
         **{name: _build(cls, merged.get(name, {}), name, sources) for name, cls in _SECTIONS.items()},
     )
     cfg.sources = {key: sources.get(key, "default") for key in flatten(to_dict(cfg))}
+    _format_defaults(cfg)
     _validate(cfg)
     return cfg
+
+
+DEMO_SOURCE = "demo"  # how `finetune-job config` marks the values the embedded demo set
+_DATA_SOURCES = ("dataset", "train_files", "validation_files", "test_files")
+
+
+def _merge_layers(layers: list[tuple[dict, str]]) -> tuple[dict, dict]:
+    merged: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for values, source in layers:
+        _merge(merged, sources, values, source)
+    return merged, sources
+
+
+def _names_data_or_model(merged: dict) -> bool:
+    """Does the user name data or a model of their own? A builtin model is no model of their own: the
+    demo still applies (`--set model.name=builtin:tiny-xlnet` tries another family on it)."""
+    data, model = merged.get("data", {}), merged.get("model", {})
+    return any(key in data for key in _DATA_SOURCES) or ("name" in model and not is_builtin(str(model["name"])))
+
+
+def _demo_layer(task_name: str) -> tuple[dict, str]:
+    from importlib import resources
+
+    with resources.as_file(resources.files("job") / "demo" / f"{task_name}.yaml") as demo:
+        return _read_yaml(str(demo)), f"{DEMO_SOURCE} job/demo/{task_name}.yaml"
 
 
 def _read_yaml(path: str) -> dict[str, Any]:
@@ -234,7 +323,7 @@ def _read_yaml(path: str) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config file ({exc.__class__.__name__})", where=path) from None
     try:
-        data = yaml.safe_load(text)
+        data = _parse_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -315,6 +404,9 @@ def _build(cls, values: dict[str, Any], section: str, sources: dict[str, str]):
 def _typed(value: Any, annotation, key: str, sources: dict[str, str]) -> Any:
     if isinstance(value, _Text):
         value = _from_text(value, annotation)
+    if not _matches(value, annotation) and _matches(_plain(value, keep_text=True), annotation):
+        value = _plain(value, keep_text=True)  # `revision: 7e12345` is a name, not a number
+    value = _plain(value)
     if not _matches(value, annotation):
         where = f"{key} ({sources[key]})" if key in sources else key
         shown = REDACTED if is_secret(key) else repr(value)
@@ -330,7 +422,7 @@ def _from_text(text: _Text, annotation) -> Any:
     if _accepts(annotation, str) and not any(_accepts(annotation, t) for t in (bool, int, float, list, dict)):
         return None if raw.lower() in ("null", "~", "none") and _accepts(annotation, type(None)) else raw
     try:
-        parsed = yaml.safe_load(raw) if raw.strip() else None
+        parsed = _parse_yaml(raw) if raw.strip() else None
     except yaml.YAMLError:
         return raw
     if _accepts(annotation, str) and not _matches(parsed, annotation):
@@ -403,14 +495,18 @@ def _describe(annotation) -> str:
     return " or ".join(dict.fromkeys(parts)) or "nothing"
 
 
-def _check_training(values: dict[str, Any], sources: dict[str, str]) -> dict[str, Any]:
-    """Check names and types of the TrainingArguments pass-through without constructing it."""
+def _check_training(values: dict[str, Any], sources: dict[str, str], task_module) -> dict[str, Any]:
+    """Check names and types of the TrainingArguments pass-through (the task's class: seq2seq's has
+    generation settings), then its values (job/training_args.py)."""
     if not values:
         return {}
-    from transformers import TrainingArguments  # heavy; only config-reading commands get here
+    import transformers  # heavy; only config-reading commands get here
 
-    hints = typing.get_type_hints(TrainingArguments)
-    fields = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+    from job import training_args
+
+    arguments_class = getattr(transformers, getattr(task_module, "TRAINER", ("Trainer", "TrainingArguments"))[1])
+    hints = typing.get_type_hints(arguments_class)
+    fields = {f.name for f in dataclasses.fields(arguments_class) if f.init}
     checked = {}
     for key, value in values.items():
         dotted = f"training.{key}"
@@ -419,6 +515,7 @@ def _check_training(values: dict[str, Any], sources: dict[str, str]) -> dict[str
         if key not in fields:
             _unknown(dotted, key, sorted(fields), sources.get(dotted, "?"), prefix="training.")
         checked[key] = _typed(value, hints.get(key, Any), dotted, sources)
+    training_args.check(checked, lambda key: f"training.{key} ({sources.get(f'training.{key}', 'default')})", arguments_class)
     return checked
 
 
@@ -517,7 +614,21 @@ def _validate_scheduling(cfg: JobConfig, where) -> None:
 PROMOTION_MODES = ("auto", "never", "always")
 
 
-FILE_FORMATS = ("csv", "json", "parquet", "text", "conll")
+FILE_FORMATS = ("csv", "tsv", "json", "parquet", "text", "conll")
+# Column defaults that follow the data's format: a CoNLL file is read into tokens and tags.
+_FORMAT_COLUMNS = {"conll": {"text_column": "tokens", "label_column": "tags"}}
+
+
+def _format_defaults(cfg: JobConfig) -> None:
+    """Columns left at their defaults follow the format of the data (data.format, or what every file
+    name says): `finetune-job config` shows them with the source `default for <format> data`."""
+    from job import data  # data.py reads the file names; it imports this module, so not at the top
+
+    fmt = data.declared_format(cfg.data)
+    for key, column in _FORMAT_COLUMNS.get(fmt, {}).items():
+        if cfg.sources.get(f"data.{key}") == "default":
+            setattr(cfg.data, key, column)
+            cfg.sources[f"data.{key}"] = f"default for {fmt} data"
 
 
 # ---------------------------------------------------------------------------------------------- output

@@ -1,15 +1,25 @@
 """Raw datasets: where rows come from and how the three splits are formed.
 
 Sources: a Hub dataset (`data.dataset`, with `config_name` and `revision`), the shipped demo data
-(`builtin:sentiment-demo`), or files (`data.*_files`: local paths, globs, or s3:// URIs read through
-the same S3 settings as the outputs; csv, json, parquet, text with one row per line, or CoNLL token/tag
-columns). The result always has `train`, `validation` and `test`:
+(`builtin:*-demo`, one per kind of task), or files (`data.*_files`: local paths, globs, or s3:// URIs
+read through the same S3 settings as the outputs; csv, tsv, json, parquet, text with one row per line,
+or CoNLL token/tag columns). Files are read the same way by `run`, `check` and `predict`:
+
+- TSV has no quoting (GLUE's files need it: a field may start with `"`): a line is a row, and a row
+  count that differs from the file's lines is a data error, never rows silently merged. CSV follows
+  RFC 4180 (quoted fields may hold commas and line breaks);
+- `data.field` names the list of rows inside a wrapped JSON file (`{"version": ..., "data": [...]}`);
+- a dotted column name (`translation.en`) reaches into a nested field: the splits are flattened;
+- a `.txt` file laid out as CoNLL (`token<TAB>tag` lines) is not read as text without being asked.
+
+The result always has `train`, `validation` and `test`:
 
 - missing validation/test splits are carved from train with a seeded split, so the same config gives
   the same rows in every split on every run;
-- every row carries `ROW_ID`: the `data.id_column` value, or the row's position in the split it was
-  read from. Predictions are keyed by it, so they can be matched to inputs whatever order a sampler
-  or a set of workers used;
+- every row carries `ROW_ID`: the `data.id_column` value, or the row's position (from 0) in the split
+  it was read from, carved splits included. Predictions are keyed by it, so they can be matched to
+  inputs whatever order a sampler or a set of workers used, and an error about a row names it by
+  where it was read (`row_where`);
 - with `data.streaming`, train stays an IterableDataset; validation and test are small and needed whole
   (for metrics and predictions), so they are read into memory.
 
@@ -19,6 +29,8 @@ Everything here is task-agnostic: which columns matter and what a label is belon
 from __future__ import annotations
 
 import contextlib
+import csv
+import functools
 import glob
 import logging
 import os
@@ -36,10 +48,17 @@ log = logging.getLogger(__name__)
 
 ROW_ID = "__row_id"
 SPLITS = ("train", "validation", "test")
-DEMO_DATASET = "builtin:sentiment-demo"
-_EXTENSIONS = {
-    ".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text", ".conll": "conll",
+# The shipped demo data (job/demo/, written by job/demo/generate.py): each split's file in the package.
+DEMO_DATASETS = {
+    "builtin:sentiment-demo": "reviews.{split}.jsonl",  # text-classification
+    "builtin:ner-demo": "entities.{split}.conll",  # token-classification
+    "builtin:translation-demo": "translation.{split}.jsonl",  # seq2seq
+    "builtin:stories-demo": "stories.{split}.txt",  # the language-model tasks
 }
+_EXTENSIONS = {
+    ".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text", ".conll": "conll",
+}
+_COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")
 CONLL_TOKENS, CONLL_TAGS = "tokens", "tags"  # the columns a CoNLL file is read into
 _EMPTY_SPLIT = re.compile(r'Instruction "(\w+)" corresponds to no data')
 
@@ -52,7 +71,7 @@ def load_splits(cfg: JobConfig):
     raw = _load_source(cfg)
     if "train" not in raw:
         raise DataError(f"no 'train' split (found: {', '.join(raw) or 'none'})", where=_source_name(data))
-    splits = {name: raw[name] for name in SPLITS if name in raw}
+    splits = reach_nested({name: raw[name] for name in SPLITS if name in raw}, data)
     if data.streaming:
         for name in ("validation", "test"):
             if name not in splits:
@@ -80,19 +99,11 @@ def load_splits(cfg: JobConfig):
 
 def load_file(uri: str, cfg: JobConfig):
     """One file (or glob) as a single Dataset with row ids (for `finetune-job predict`)."""
-    from datasets import load_dataset
-
-    paths = _expand(uri, "--input", cfg)
-    kwargs = {"storage_options": dict(storage.fsspec_options(cfg.s3))} if uri.startswith("s3://") else {}
-    fmt = cfg.data.format or _infer_format({"input": paths})
-    with _bucket_reads_allowed(kwargs):
-        if fmt == "conll":
-            ds = _read(lambda: _load_conll({"test": paths}, kwargs, streaming=False)["test"], cfg.data)
-        else:
-            ds = _read(lambda: load_dataset(fmt, data_files={"test": paths}, split="test", **kwargs), cfg.data)
+    files = {"test": _expand(uri, "--input", cfg)}
+    ds = _load_files(files, _file_format(files, cfg.data), cfg, streaming=False)["test"]
     if len(ds) == 0:
         raise DataError("the input has no rows", where=uri)
-    return _with_row_ids(ds, cfg.data.id_column, "input")
+    return _with_row_ids(reach_nested({"test": ds}, cfg.data)["test"], cfg.data.id_column, "input")
 
 
 def sample_splits(cfg: JobConfig, n: int = 8):
@@ -112,8 +123,9 @@ def sample_splits(cfg: JobConfig, n: int = 8):
         rows = _read(lambda: list(islice(iter(split), n)), cfg.data)
         if not rows:
             raise DataError(f"the {name} split is empty", where=_source_name(cfg.data))
-        sample[name] = _with_row_ids(Dataset.from_list(rows, features=split.features), cfg.data.id_column, name)
-    return DatasetDict(sample)
+        sample[name] = Dataset.from_list(rows, features=split.features, split=split.split)
+    sample = reach_nested(sample, cfg.data)
+    return DatasetDict({name: _with_row_ids(ds, cfg.data.id_column, name) for name, ds in sample.items()})
 
 
 # ---------------------------------------------------------------------------------------------- sources
@@ -124,13 +136,13 @@ def _load_source(cfg: JobConfig, streaming: bool | None = None):
 
     data = cfg.data
     streaming = data.streaming if streaming is None else streaming
-    if data.dataset == DEMO_DATASET:
+    if data.dataset in DEMO_DATASETS:
         demo = resources.files("job") / "demo"
-        files = {name: [str(demo / f"reviews.{name}.jsonl")] for name in SPLITS}
-        return _read(lambda: load_dataset("json", data_files=files, streaming=streaming), data)
+        files = {name: [str(demo / DEMO_DATASETS[data.dataset].format(split=name))] for name in SPLITS}
+        return _load_files(files, _file_format(files, data), cfg, streaming)
     if data.dataset is not None:
         if is_builtin(data.dataset):
-            raise ConfigError(f"unknown builtin dataset (the only one is {DEMO_DATASET})", where="data.dataset")
+            raise ConfigError(f"unknown builtin dataset (choose: {', '.join(DEMO_DATASETS)})", where="data.dataset")
         return _read(
             lambda: load_dataset(data.dataset, data.config_name, revision=data.revision, streaming=streaming),
             data,
@@ -140,17 +152,103 @@ def _load_source(cfg: JobConfig, streaming: bool | None = None):
         patterns = getattr(data, f"{name}_files")
         if patterns is not None:
             files[name] = _expand(patterns, f"data.{name}_files", cfg)
-    fmt = data.format or _infer_format(files)
+    return _load_files(files, _file_format(files, data), cfg, streaming)
+
+
+def _load_files(files: dict[str, list[str]], fmt: str, cfg: JobConfig, streaming: bool):
+    """Each split's files as one dataset, read the same way for run, check and predict."""
+    from datasets import load_dataset
+
+    data = cfg.data
     kwargs: dict[str, Any] = {}
     if any(path.startswith("s3://") for paths in files.values() for path in paths):
-        # load_dataset adds keys to the dict it is given: hand it a copy.
         kwargs["storage_options"] = dict(storage.fsspec_options(cfg.s3))
-    if fmt == "csv" and any(p.endswith(".tsv") for paths in files.values() for p in paths):
-        kwargs["delimiter"] = "\t"
     if fmt == "conll":
         return _read(lambda: _load_conll(files, kwargs, streaming), data)
+    if fmt == "text" and data.format is None:
+        _refuse_conll_layout(files, kwargs.get("storage_options", {}))
+    options: dict[str, Any] = {"field": data.field} if data.field is not None else {}
+    if fmt == "tsv":  # as GLUE's own loader reads its files: no quotes, a line is a row
+        options.update(delimiter="\t", quoting=csv.QUOTE_NONE)
+    builder = "csv" if fmt == "tsv" else fmt
     with _bucket_reads_allowed(kwargs):
-        return _read(lambda: load_dataset(fmt, data_files=files, streaming=streaming, **kwargs), data)
+        # load_dataset adds keys to the storage_options it is given: hand it a copy.
+        fresh = {key: dict(value) for key, value in kwargs.items()}
+        loaded = _read(lambda: load_dataset(builder, data_files=files, streaming=streaming, **options, **fresh), data)
+    if fmt == "tsv" and not streaming:
+        for split, paths in files.items():
+            _check_row_count(loaded[split], paths, kwargs.get("storage_options", {}), _source_name(data, split))
+    return loaded
+
+
+def _check_row_count(ds, paths: list[str], options: dict, where: str) -> None:
+    """A TSV row is one line: rows that differ from the lines of data (a carriage return inside a
+    field, or a reader that took quotes) would be rows lost or split without a word."""
+    import fsspec
+
+    lines = 0
+    for path in paths:
+        with fsspec.open(path, "rb", compression="infer", **options) as f:
+            filled = sum(1 for line in f if line.strip(b"\r\n"))
+        lines += max(filled - 1, 0)  # the header
+    if len(ds) != lines:
+        raise DataError(
+            f"read {len(ds)} rows from {lines} lines of data (a TSV row is one line: a stray carriage return or "
+            "an unescaped line break inside a field?)",
+            where=where,
+        )
+
+
+def _refuse_conll_layout(files: dict[str, list[str]], options: dict) -> None:
+    """A `.txt` of `token<TAB>tag` lines is CoNLL data, not a text per line: say how to read it."""
+    for paths in files.values():
+        for path in paths[:1]:
+            if _looks_like_conll(path, options):
+                raise ConfigError(
+                    f"{path} is laid out as CoNLL (token<TAB>tag lines, blank lines between sentences): set "
+                    "data.format: conll to read its words and tags, or data.format: text to read a row per line",
+                    where="data.format",
+                )
+
+
+def _looks_like_conll(path: str, options: dict, probe: int = 200) -> bool:
+    filled = []
+    for number, line in _conll_lines(path, options):
+        if line.strip():
+            filled.append(line.rstrip("\r\n"))
+        if number >= probe:
+            break
+    fields = [line.split("\t") for line in filled]
+    return len(filled) >= 2 and all(len(f) >= 2 and all(part.strip() and " " not in part.strip() for part in f) for f in fields)
+
+
+def _file_format(files: dict[str, list[str]], data: DataConfig) -> str:
+    fmt = data.format or _infer_format(files)
+    if fmt == "csv" and all(_suffix(p) == ".tsv" for paths in files.values() for p in paths):
+        return "tsv"  # data.format: csv named before tsv was a format of its own
+    return fmt
+
+
+def _suffix(path: str) -> str:
+    for compression in _COMPRESSIONS:
+        path = path.removesuffix(compression)
+    suffixes = Path(path).suffixes
+    return suffixes[-1].lower() if suffixes else ""
+
+
+def declared_format(data: DataConfig) -> str | None:
+    """The format data.format names or every file name says; None for a dataset, or when the names
+    do not tell (config.py sets column defaults from it before anything is read)."""
+    if data.dataset in DEMO_DATASETS:
+        return _EXTENSIONS.get(_suffix(DEMO_DATASETS[data.dataset]))
+    if data.format is not None or data.dataset is not None:
+        return data.format if data.dataset is None else None
+    formats = set()
+    for split in SPLITS:
+        patterns = getattr(data, f"{split}_files")
+        for pattern in [patterns] if isinstance(patterns, str) else patterns or []:
+            formats.add(_EXTENSIONS.get(_suffix(pattern)))
+    return formats.pop() if len(formats) == 1 else None
 
 
 def _load_conll(files: dict[str, list[str]], kwargs: dict, streaming: bool):
@@ -265,10 +363,9 @@ def _infer_format(files: dict[str, list[str]]) -> str:
     formats = set()
     for paths in files.values():
         for path in paths:
-            suffixes = Path(path.removesuffix(".gz").removesuffix(".zst")).suffixes
-            fmt = _EXTENSIONS.get(suffixes[-1].lower()) if suffixes else None
+            fmt = _EXTENSIONS.get(_suffix(path))
             if fmt is None:
-                raise ConfigError(f"cannot tell the format of {path}; set data.format (csv, json, parquet, text or conll)", where="data.format")
+                raise ConfigError(f"cannot tell the format of {path}; set data.format (csv, tsv, json, parquet, text or conll)", where="data.format")
             formats.add(fmt)
     if len(formats) > 1:
         raise ConfigError(f"files mix formats ({', '.join(sorted(formats))}); use one format", where="data.format")
@@ -406,7 +503,7 @@ def _carve_missing(splits: dict, data: DataConfig, seed: int) -> dict:
 
 def _split(ds, size: float, seed: int, name: str):
     if len(ds) < 3:
-        raise DataError(f"train has {len(ds)} rows, too few to carve a {name} split", where=f"data.{name}_size")
+        raise DataError(f"train has {len(ds)} rows, too few to carve a {name} split{_records_hint(ds)}", where=f"data.{name}_size")
     try:
         return ds.train_test_split(test_size=size, seed=seed)
     except ValueError as exc:
@@ -429,6 +526,91 @@ def _columns(ds) -> str:
     return ", ".join(c for c in ds.column_names or [] if c != ROW_ID) or "unknown"
 
 
+def _records_hint(ds) -> str:
+    """A wrapped JSON file reads as one row whose column holds the real rows: name the key to read."""
+    for name, feature in (ds.features or {}).items():
+        inner = getattr(feature, "feature", None)
+        if isinstance(inner, dict) or (isinstance(feature, list) and feature and isinstance(feature[0], dict)):
+            return f"; column '{name}' holds a list of records: set data.field: {name} to read them as rows"
+    return ""
+
+
+def reach_nested(splits: dict, data: DataConfig) -> dict:
+    """Flatten splits whose nested fields a configured column names with dots (`translation.en`, as
+    datasets' flatten() names them); other splits stay as they are."""
+    wanted = [c for c in (data.text_column, data.text_pair_column, data.label_column, data.id_column) if c and "." in c]
+    out = {}
+    for name, ds in splits.items():
+        columns = ds.column_names or []
+        if any(c not in columns and c.split(".")[0] in columns for c in wanted):
+            ds = ds.map(_flat_row) if is_iterable(ds) else ds.flatten()
+        elif not columns and wanted and is_iterable(ds):  # a stream whose columns are not known yet
+            ds = ds.map(_flat_row)
+        out[name] = ds
+    return out
+
+
+def _flat_row(row: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in row.items():
+        if isinstance(value, dict):
+            flat.update(_flat_row(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+class BadRow(Exception):
+    """Raised by a task about one row (`row_id`, what is wrong, the config key to look at); turned into
+    a DataError that names where the row was read (`naming_rows`, `rows_named`): a carved validation
+    row is a row of the train files, not 'row 5' of a 1-row split."""
+
+    def __init__(self, row_id, problem: str, key: str):
+        super().__init__(row_id, problem, key)
+        self.row_id, self.problem, self.key = row_id, problem, key
+
+    def error(self, origin: str, data: DataConfig) -> DataError:
+        return DataError(f"{row_where(self.row_id, origin, data)} {self.problem}", where=self.key)
+
+
+@contextlib.contextmanager
+def naming_rows(ds, split: str, data: DataConfig):
+    """BadRow about a row of `ds` (the `split` split) -> DataError naming where the row was read."""
+    try:
+        yield
+    except BadRow as bad:
+        raise bad.error(_origin(ds, split), data) from None
+
+
+def rows_named(encode, ds, split: str, data: DataConfig):
+    """`encode` for ds.map, its BadRow errors turned into DataErrors inside the map (a stream maps
+    lazily, while training; worker processes of num_proc raise in their own process)."""
+    return functools.partial(_encode_naming_rows, encode=encode, origin=_origin(ds, split), data=data)
+
+
+def _encode_naming_rows(batch, encode, origin: str, data: DataConfig, **kwargs):
+    try:
+        return encode(batch, **kwargs)
+    except BadRow as bad:
+        raise bad.error(origin, data) from None
+
+
+def _origin(ds, split: str) -> str:
+    """The split a dataset's rows were read from (datasets keeps it through carving and map)."""
+    origin = str(getattr(ds, "split", None) or "")
+    return origin if origin in SPLITS else split
+
+
+def row_where(row_id, origin: str, data: DataConfig) -> str:
+    """A row as an error names it: its data.id_column value, else its position (from 0, as `id` in
+    predictions.jsonl) among the rows read for the `origin` split."""
+    if data.id_column is not None:
+        return f"the row with {data.id_column} {row_id!r} ({_source_name(data, origin)})"
+    if data.dataset is not None:
+        return f"row {row_id} of the {origin} split of {data.dataset}"
+    return f"row {row_id} (from 0) of {_source_name(data, origin)}"
+
+
 def max_tokens(tokenizer, data: DataConfig) -> int:
     """Where every task truncates an input: data.max_length, else the tokenizer's limit up to 512
     (some tokenizers report a limit of 10^30)."""
@@ -443,7 +625,8 @@ def tokenize_splits(splits, encode, data: DataConfig, labelled: dict[str, bool])
         remove = [c for c in (ds.column_names or []) if c != ROW_ID]
         kwargs = {} if is_iterable(ds) else {"num_proc": data.num_proc, "desc": f"tokenize {split}"}
         out[split] = ds.map(
-            encode, batched=True, remove_columns=remove, fn_kwargs={"split": split, "labelled": labelled.get(split, True)}, **kwargs
+            rows_named(encode, ds, split, data), batched=True, remove_columns=remove,
+            fn_kwargs={"split": split, "labelled": labelled.get(split, True)}, **kwargs,
         )
     return out
 
@@ -466,4 +649,4 @@ def require_columns(splits, data: DataConfig, *input_keys: str) -> None:
 
 def column_error(column: str, ds, split: str, key: str) -> DataError:
     """The error for a configured column that a split lacks, listing the columns it has."""
-    return DataError(f"column '{column}' is not in the {split} split (columns: {_columns(ds)})", where=key)
+    return DataError(f"column '{column}' is not in the {split} split (columns: {_columns(ds)}){_records_hint(ds)}", where=key)

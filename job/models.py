@@ -8,6 +8,7 @@ so only the task head learns (transfer learning); `all` fine-tunes every layer.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from pathlib import Path
@@ -17,6 +18,27 @@ from job.config import JobConfig, is_builtin
 from job.errors import ModelError
 
 log = logging.getLogger(__name__)
+
+META_FILE = "finetune_job.json"  # saved beside a published model: its task and how its inputs are read
+
+
+def meta(cfg: JobConfig) -> dict:
+    """What a published model carries beside its weights (META_FILE): the task and its settings, for the
+    promotion gate (a champion of another task is not comparable), and the columns and file layout
+    its inputs were read with, for `finetune-job predict`."""
+    d = cfg.data
+    return {
+        "task": cfg.task.name,
+        "text_column": d.text_column,
+        "text_pair_column": d.text_pair_column,
+        "label_column": d.label_column,
+        "id_column": d.id_column,
+        "format": d.format,
+        "field": d.field,
+        "max_length": d.max_length,
+        # e.g. seq2seq's prefix and generation settings
+        "task_settings": dataclasses.asdict(cfg.task.settings) if dataclasses.is_dataclass(cfg.task.settings) else {},
+    }
 
 
 def model_class(task):
@@ -74,11 +96,27 @@ def _from_pretrained(location: str, cfg: JobConfig, cls, kwargs: dict, work_dir:
             if not hasattr(cls, "from_config"):  # a concrete class (not Auto) loads any weights it is given
                 _check_model_type(AutoConfig.from_pretrained(location, **options), cls, location)
             tokenizer = AutoTokenizer.from_pretrained(location, **options)
+            _check_weights(location)
             model = cls.from_pretrained(location, **options, **kwargs)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(_explain(exc, location), where=f"model.name: {location}") from exc
     log.info("model: %s loaded (%.1fM parameters)", location, model.num_parameters() / 1e6)
     return tokenizer, model
+
+
+def _check_weights(location: str) -> None:
+    """Read the header of every safetensors file of a local model (cheap: no tensor is loaded), so a
+    corrupt or foreign file is a model error naming it, not a traceback from deep in from_pretrained."""
+    from safetensors import safe_open
+
+    folder = Path(location)
+    for path in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
+        try:
+            with safe_open(str(path), framework="pt") as weights:
+                weights.keys()
+        except Exception as exc:  # safetensors raises its own SafetensorError (and OSError for I/O)
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"not a readable safetensors weights file ({first})", where=str(path)) from exc
 
 
 def _check_model_type(config, cls, location: str) -> None:
@@ -139,6 +177,7 @@ def check(cfg: JobConfig) -> str:
             AutoConfig.from_pretrained(folder or ".", gguf_file=file, **options)
         else:
             AutoConfig.from_pretrained(name, **options)
+            _check_weights(name)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(_explain(exc, name), where=f"model.name: {name}") from exc
     kind = "GGUF file" if gguf.is_gguf(name) else "local directory"

@@ -16,14 +16,15 @@ from pathlib import Path
 from job import data, models, storage, tasks, training
 from job.config import DataConfig, JobConfig, TaskConfig
 from job.errors import ModelError
-from job.run import META_FILE
 
 log = logging.getLogger(__name__)
 
 
 def predict(
-    model_uri: str, input_uri: str, output_uri: str, *, batch_size: int, text_column: str | None, trust_remote_code: bool = False
+    model_uri: str, input_uri: str, output_uri: str, *, batch_size: int, data_options: dict | None = None, trust_remote_code: bool = False
 ) -> int:
+    """`data_options`: data.* settings for reading the input (columns, format, field); each one left
+    None is what the model was trained with. `trust_remote_code` only for the model named here."""
     from job import log as job_log
 
     job_log.quiet_libraries(progress_bars=False)
@@ -34,13 +35,7 @@ def predict(
         task = tasks.get(meta["task"])
         cfg = JobConfig(
             task=TaskConfig(name=meta["task"], settings=task.Settings(**meta.get("task_settings", {}))),
-            data=DataConfig(
-                train_files=input_uri,
-                text_column=text_column or meta["text_column"],
-                text_pair_column=meta.get("text_pair_column"),
-                label_column=meta["label_column"],
-                max_length=meta.get("max_length"),
-            )
+            data=_input_settings(input_uri, meta, data_options or {}),
         )
         rows = data.load_file(input_uri, cfg)
         tokenizer, model = _load(model_dir, task, model_uri, trust_remote_code)
@@ -69,11 +64,24 @@ def _local_model(uri: str, work: Path) -> Path:
     return path
 
 
+def _input_settings(input_uri: str, meta: dict, options: dict) -> DataConfig:
+    """How to read the input: the options given, else the columns the model was trained on
+    (finetune_job.json). Format, field and id column describe the input file itself, so they come
+    from the options (or the file name) only."""
+    settings = DataConfig(train_files=input_uri, max_length=meta.get("max_length"))
+    for key in ("text_column", "text_pair_column", "label_column"):
+        value = options.get(key) if options.get(key) is not None else meta.get(key)
+        if value is not None:
+            setattr(settings, key, value)
+    settings.id_column, settings.format, settings.field = options.get("id_column"), options.get("format"), options.get("field")
+    return settings
+
+
 def _read_meta(model_dir: Path, uri: str) -> dict:
     try:
-        return json.loads((model_dir / META_FILE).read_text())
+        return json.loads((model_dir / models.META_FILE).read_text())
     except FileNotFoundError:
-        raise ModelError(f"no {META_FILE}: not a model published by finetune-job", where=uri) from None
+        raise ModelError(f"no {models.META_FILE}: not a model published by finetune-job", where=uri) from None
 
 
 def _load(model_dir: Path, task, uri: str, trust_remote_code: bool):

@@ -2,7 +2,7 @@
 
     promotion:
       mode: auto         # auto: promote when the run beats the champion; never; always
-      metric: test_f1    # a test_* or eval_* metric; one whose name ends in "loss" is better when lower
+      metric: test_f1    # a test_* or eval_* metric; loss, perplexity, mse, rmse and mae are better when lower
       min_delta: 0.01    # least improvement that promotes: absolute, or relative to the champion ("1%")
 
 The champion's metrics.json was measured on its own test data, and the data changes every night. So
@@ -12,6 +12,12 @@ it was trained on): an easier test set lifts both scores and cannot fake an impr
 at least `min_delta` better is promoted; with the default 0, a tie promotes the fresher model. A
 champion with other labels is not comparable and stays (promote by hand); a champion whose run lost
 its `_SUCCESS` is replaced.
+
+Champions are per task: a run never scores a champion of another task (a causal-lm perplexity and a
+masked-lm pseudo-perplexity measure different things) or of another kind of problem (regression
+against single-label), nor one with another label set. Such a champion is kept, with that reason in
+metrics.json (promote by hand, or give unrelated runs their own `output.uri`); `finetune-job check`
+says so before any training.
 
 The decision, both scores and the reason go into metrics.json (`promotion_*`) and the log before the
 run is published; the pointer moves only after `_SUCCESS` (job/champion.py). If another run became
@@ -80,7 +86,8 @@ class Decision:
 
 
 def lower_is_better(metric: str) -> bool:
-    return metric.endswith(("loss", "perplexity"))  # TrainingArguments.greater_is_better's rule, and perplexity
+    """TrainingArguments.greater_is_better's rule (a loss), plus perplexity and regression's errors."""
+    return metric.endswith(("loss", "perplexity", "mse", "rmse", "mae"))
 
 
 def required_gain(min_delta: float | str, champion_score: float) -> float:
@@ -112,6 +119,7 @@ class Gate:
     """Scores champions on this run's data (each run at most once) and decides."""
 
     def __init__(self, cfg, store, run_id: str, score: Callable[[str], float | None], workers: int = 1):
+        self.cfg = cfg
         self.settings = cfg.promotion
         self.store = store
         self.run_id = run_id
@@ -169,6 +177,8 @@ class Gate:
         if run_id not in self.scores:
             if storage.read_manifest(self.store, run_id) is None:
                 self.scores[run_id] = None, "gone: its run has no _SUCCESS"
+            elif (other := other_kind(self.cfg, self.store, run_id)) is not None:
+                self.scores[run_id] = None, other
             elif not self.can_score:
                 return None, "it became champion after this run's workers had finished, and scoring needs them all"
             else:
@@ -262,6 +272,22 @@ def _finish_promotion(store, run_id: str, decision: Decision) -> Decision:
 
 
 # ---------------------------------------------------------------------------------------------- scoring
+
+
+def other_kind(cfg, store, run_id: str) -> str | None:
+    """Why the model of run `run_id` is not a model of this run's kind (task, problem type), or None.
+    Read from the small file a published model carries (models.META_FILE), before any download; a
+    model without one is left to the scoring (it fails there if it does not fit)."""
+    data = store.get_bytes(storage.join(run_id, "model", models.META_FILE))
+    if data is None:
+        return None
+    theirs, ours = json.loads(data), models.meta(cfg)
+    if theirs.get("task") != ours["task"]:
+        return f"it was trained for {theirs.get('task') or 'no task finetune-job knows'}, this run for {ours['task']}"
+    problem = theirs.get("task_settings", {}).get("problem_type"), ours["task_settings"].get("problem_type")
+    if problem[0] != problem[1]:
+        return f"its problem type is {problem[0]}, this run's {problem[1]}"
+    return None
 
 
 def evaluator(cfg, store, task, spec, raw, args) -> Callable[[str], float | None]:

@@ -14,7 +14,6 @@ undone (Kubernetes retries a pod that exited 6 after `_SUCCESS`, and may retry o
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -31,8 +30,6 @@ from job.config import JobConfig
 from job.errors import ConfigError, Interrupted
 
 log = logging.getLogger(__name__)
-
-META_FILE = "finetune_job.json"  # saved beside the model: how `finetune-job predict` reads its inputs
 
 
 @dataclass
@@ -111,7 +108,7 @@ def run(cfg: JobConfig, log_format: str = "text") -> RunResult:
         train_result.metrics["train_loss"] = checkpoints.whole_run_loss(
             trainer.state.log_history, resumed_step, train_result.metrics["train_loss"], trainer.state.global_step
         )
-    eval_metrics = trainer.evaluate()
+    eval_metrics = training.final_evaluation(trainer)
     predicted = trainer.predict(features["test"], metric_key_prefix="test")
     _check_prediction_order(features["test"], raw["test"], predicted)
     metrics = {
@@ -141,7 +138,7 @@ def run(cfg: JobConfig, log_format: str = "text") -> RunResult:
     trainer.save_model(str(stage / "model"))
     # training_args.bin pickles every TrainingArguments field, hub_token included: not an output.
     (stage / "model" / "training_args.bin").unlink(missing_ok=True)
-    (stage / "model" / META_FILE).write_text(json.dumps(model_meta(cfg), indent=2))
+    (stage / "model" / models.META_FILE).write_text(json.dumps(models.meta(cfg), indent=2))
     trainer.state.save_to_json(str(stage / "trainer_state.json"))
     (stage / "config.yaml").write_text(config_yaml)
     (stage / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -189,18 +186,6 @@ def new_run_id() -> str:
 
 def work_dir(cfg: JobConfig) -> Path:
     return Path(cfg.output.work_dir) if cfg.output.work_dir else Path(tempfile.gettempdir()) / "finetune-job"
-
-
-def model_meta(cfg: JobConfig) -> dict:
-    d = cfg.data
-    return {
-        "task": cfg.task.name,
-        "text_column": d.text_column,
-        "text_pair_column": d.text_pair_column,
-        "label_column": d.label_column,
-        "max_length": d.max_length,
-        "task_settings": dataclasses.asdict(cfg.task.settings),  # e.g. seq2seq's prefix and generation settings
-    }
 
 
 def _check_prediction_order(features, raw, predicted) -> None:

@@ -10,7 +10,9 @@ only where a batch job needs it:
 - `ddp_find_unused_parameters: false`: every parameter takes part in every step, so the search for
   unused ones is pure overhead;
 - `report_to: none`; checkpoints when the `checkpoint:` section says (job/checkpoints.py uploads
-  them); evaluation every epoch; bf16/TF32 when the GPU supports them.
+  them); evaluation every epoch (Hugging Face's default is none), reused as the final validation
+  metrics (`final_evaluation`); seq2seq evaluates once, at the end, as generating is slow;
+  bf16/TF32 when the GPU supports them.
 
 The Trainer also counts the tokens it trains on, so that metrics.json says how fast the run went and,
 on a GPU, how much of it the model used (job/throughput.py).
@@ -74,6 +76,18 @@ def arguments(cfg: JobConfig, output_dir: Path, *, progress_bars: bool):
         return _classes(task)[1](output_dir=str(output_dir), **{**defaults, **cfg.training})
     except (ValueError, TypeError) as exc:
         raise ConfigError(str(exc).strip().splitlines()[0][:300], where="training") from exc
+
+
+def final_evaluation(trainer) -> dict:
+    """The validation metrics of the trained model: the evaluation logged at the last step when there
+    is one (the end of the last epoch, with the default eval_strategy), as nothing changed since;
+    else a fresh evaluation."""
+    state = trainer.state
+    last = next((entry for entry in reversed(state.log_history) if "eval_loss" in entry), None)
+    if last is not None and last.get("step") == state.global_step:
+        log.info("validation: the evaluation at step %d is the final one", state.global_step)
+        return {key: value for key, value in last.items() if key.startswith("eval_") or key == "epoch"}
+    return trainer.evaluate()
 
 
 def trainer(cfg: JobConfig, args, model, tokenizer, features: dict, collator, compute_metrics):

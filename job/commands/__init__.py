@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from importlib import resources
-
 import click
 
 
@@ -20,19 +18,16 @@ def config_options(command):
         "config_path",
         metavar="PATH",
         envvar="FINETUNE_CONFIG",
-        help="YAML config file [env: FINETUNE_CONFIG]. Without one, the embedded demo config is used.",
+        help="YAML config file [env: FINETUNE_CONFIG]. Without one (and no data or model set), the task's embedded demo.",
     )(command)
 
 
 def load_config(config_path: str | None, sets: tuple[str, ...]):
-    """Resolve the config; no file at all means the embedded demo (shipped data, tiny model)."""
+    """Resolve the config; with no file and no data or model of the user's own, the task's embedded
+    demo (shipped data, tiny model) lies under the user's values (job/config.py)."""
     from job import config, log
 
-    if not config_path:
-        with resources.as_file(resources.files("job") / "demo" / "config.yaml") as path:
-            cfg = config.load(str(path), sets)
-    else:
-        cfg = config.load(config_path, sets)
+    cfg = config.load(config_path or None, sets)
     log.add_secrets(config.secret_values(cfg))
     return cfg
 

@@ -31,8 +31,7 @@ from dataclasses import dataclass
 from itertools import chain
 from typing import Any, Iterator
 
-from job.data import ROW_ID, column_error, is_iterable, max_tokens
-from job.errors import DataError
+from job.data import ROW_ID, BadRow, column_error, is_iterable, max_tokens, rows_named
 
 NO_TARGET = -1.0  # a position's loss when nothing is predicted there (a loss is never negative)
 
@@ -84,7 +83,7 @@ def preprocess(splits, tokenizer, cfg, spec: Spec, *, end_with_eos: bool, tokeni
         texts = batch[spec.text_column]
         for i, text in enumerate(texts):
             if not isinstance(text, str):
-                raise DataError(f"row {batch[ROW_ID][i]} of the {split} split has no text", where="data.text_column")
+                raise BadRow(batch[ROW_ID][i], "has no text", "data.text_column")
         if split == "test":
             encoded = tokenizer(texts, truncation=True, max_length=size, **options)
             if eos is not None:  # where there is room: a row of a whole block was cut short
@@ -108,7 +107,7 @@ def preprocess(splits, tokenizer, cfg, spec: Spec, *, end_with_eos: bool, tokeni
         keep = {ROW_ID} if split == "test" else set()  # a block is no one row: only test rows keep their ids
         remove = [c for c in (ds.column_names or []) if c not in keep]
         kwargs = {} if is_iterable(ds) else {"num_proc": cfg.data.num_proc, "desc": f"tokenize {split}"}
-        out[split] = ds.map(encode, batched=True, remove_columns=remove, fn_kwargs={"split": split}, **kwargs)
+        out[split] = ds.map(rows_named(encode, ds, split, cfg.data), batched=True, remove_columns=remove, fn_kwargs={"split": split}, **kwargs)
     return out
 
 

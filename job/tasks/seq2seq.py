@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Iterator
 
-from job.data import ROW_ID, column_error, is_iterable, max_tokens, require_columns, tokenize_splits
+from job.data import ROW_ID, BadRow, column_error, is_iterable, max_tokens, require_columns, tokenize_splits
 from job.errors import ConfigError, DataError
 
 MODEL_CLASS = "AutoModelForSeq2SeqLM"
@@ -59,6 +59,9 @@ def training_defaults(cfg) -> dict:
     settings = cfg.task.settings
     new_tokens = settings.max_new_tokens or settings.max_target_length
     return {
+        # Generating is the slow part of evaluating (a 10-row fixture spent 90% of its run on it):
+        # validation is generated once, at the end, unless training.eval_strategy asks for more.
+        "eval_strategy": "no",
         "predict_with_generate": True,
         "generation_num_beams": settings.num_beams,
         # Passed to generate() as max_length, which for an encoder-decoder counts the decoder's start
@@ -119,7 +122,7 @@ def preprocess(splits, tokenizer, cfg, spec: Spec):
     def encode(batch, split: str, labelled: bool):
         for i, source in enumerate(batch[spec.source_column]):
             if not isinstance(source, str):
-                raise DataError(f"row {batch[ROW_ID][i]} of the {split} split has no source text", where="data.text_column")
+                raise BadRow(batch[ROW_ID][i], "has no source text", "data.text_column")
         sources = [spec.prefix + source for source in batch[spec.source_column]]
         encoded = tokenizer(sources, truncation=True, max_length=max_length, padding=padding)
         encoded["length"] = [len(ids) for ids in encoded["input_ids"]]

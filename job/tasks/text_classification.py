@@ -17,15 +17,19 @@ predictions; it just has no test metrics.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from job.data import ROW_ID, column_error, is_iterable, max_tokens, require_columns, tokenize_splits
+from job.data import ROW_ID, BadRow, column_error, is_iterable, max_tokens, require_columns, tokenize_splits
 from job.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
 
 MODEL_CLASS = "AutoModelForSequenceClassification"
 BUILTIN_MODEL = "builtin:tiny-bert"
 PROMOTION_METRIC = "test_f1"  # what the promotion gate compares unless promotion.metric says
+REGRESSION_PROMOTION_METRIC = "test_rmse"  # ... for a regression (lower is better)
 
 PROBLEM_TYPES = {  # ours -> transformers' config.problem_type (it picks the loss from it)
     "single_label": "single_label_classification",
@@ -41,10 +45,16 @@ class Settings:
         default="single_label",
         metadata={"help": "single_label (one label per row), multi_label (a list of labels per row) or regression (a number)."},
     )
+    positive_label: str | None = field(
+        default=None,
+        metadata={"help": "Two labels: the one binary precision, recall and F1 are measured on (default: the second in label order, id 1)."},
+    )
 
     def __post_init__(self):
         if self.problem_type not in PROBLEM_TYPES:
             raise ConfigError(f"choose one of {', '.join(PROBLEM_TYPES)}, got {self.problem_type!r}", where="task.problem_type")
+        if self.positive_label is not None and self.problem_type != "single_label":
+            raise ConfigError(f"binary F1 is for single_label, not {self.problem_type}", where="task.positive_label")
 
 
 @dataclass
@@ -56,6 +66,7 @@ class Spec:
     problem_type: str = "single_label"
     labelled: dict[str, bool] = field(default_factory=dict)  # split -> has gold labels
     class_label: bool = False  # labels arrive as ids into label_names (a ClassLabel, or ints + data.label_names)
+    positive: int = 1  # two labels: the id binary precision, recall and F1 are measured on
 
     @property
     def label2id(self) -> dict[str, int]:
@@ -86,6 +97,11 @@ class Spec:
         return self.to_id(value, split)
 
 
+def promotion_metric(settings: Settings) -> str:
+    """The metric the promotion gate compares unless promotion.metric says: F1, or a regression's error."""
+    return REGRESSION_PROMOTION_METRIC if settings.problem_type == "regression" else PROMOTION_METRIC
+
+
 # ---------------------------------------------------------------------------------------------- data
 
 
@@ -101,11 +117,25 @@ def inspect(splits, cfg) -> Spec:
         names, class_label = _label_names(splits["train"], data, multi=problem_type == "multi_label")
 
     spec = Spec(data.text_column, data.text_pair_column, data.label_column, names, problem_type, class_label=class_label)
+    spec.positive = _positive_label(names, cfg.task.settings.positive_label) if problem_type == "single_label" else 1
     for split, ds in splits.items():
         spec.labelled[split] = _check_labels(ds, split, spec) if split != "train" or not is_iterable(ds) else True
     if not spec.labelled["validation"]:
         raise DataError("the validation split has no labels", where="data.label_column")
     return spec
+
+
+def _positive_label(names: list[str], wanted: str | None) -> int:
+    """The id of the label binary F1 is measured on: task.positive_label, else the second label."""
+    if wanted is None:
+        if len(names) == 2:
+            log.info("text-classification: binary precision, recall and F1 measure label %r (task.positive_label picks the other)", names[1])
+        return 1
+    if len(names) != 2:
+        raise ConfigError(f"there are {len(names)} labels, and binary F1 needs two (F1 is macro-averaged)", where="task.positive_label")
+    if str(wanted) not in names:
+        raise ConfigError(f"{wanted!r} is not one of the labels ({', '.join(names)})", where="task.positive_label")
+    return names.index(str(wanted))
 
 
 def _label_names(train, data, multi: bool) -> tuple[list[str], bool]:
@@ -205,7 +235,7 @@ def preprocess(splits, tokenizer, cfg, spec: Spec):
         pairs = batch[spec.text_pair_column] if spec.text_pair_column else None
         for i, text in enumerate(texts):
             if not isinstance(text, str) or (pairs is not None and not isinstance(pairs[i], str)):
-                raise DataError(f"row {batch[ROW_ID][i]} of the {split} split has no text", where="data.text_column")
+                raise BadRow(batch[ROW_ID][i], "has no text", "data.text_column")
         encoded = tokenizer(texts, pairs, truncation=True, max_length=max_length, padding=padding)
         encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
         if labelled:
@@ -244,7 +274,7 @@ def compute_metrics(eval_prediction, spec: Spec) -> dict[str, float]:
     metrics = {"accuracy": float(accuracy_score(gold, predicted))}  # multi_label: every label of the row right
     labels = list(range(len(spec.label_names)))
     if len(labels) == 2 and spec.problem_type == "single_label":
-        p, r, f, _ = precision_recall_fscore_support(gold, predicted, average="binary", pos_label=1, zero_division=0)
+        p, r, f, _ = precision_recall_fscore_support(gold, predicted, average="binary", pos_label=spec.positive, zero_division=0)
         metrics.update(precision=float(p), recall=float(r), f1=float(f))
     else:
         averages = ("micro", "macro", "weighted") if spec.problem_type == "multi_label" else ("macro", "weighted")

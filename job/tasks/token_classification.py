@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Iterator
 
-from job.data import ROW_ID, column_error, is_iterable, max_tokens, require_columns, tokenize_splits
+from job.data import ROW_ID, BadRow, column_error, is_iterable, max_tokens, naming_rows, require_columns, tokenize_splits
 from job.errors import ConfigError, DataError, ModelError
 
 MODEL_CLASS = "AutoModelForTokenClassification"
@@ -57,13 +57,13 @@ class Spec:
     tag_ids: bool = False  # tags arrive as ids into label_names (a ClassLabel, or ints + data.label_names)
     test_word_ids: list[list[int]] = field(default_factory=list)  # filled by preprocess, read by prediction_rows
 
-    def to_id(self, tag: Any, where: str) -> int:
+    def to_id(self, tag: Any, row_id) -> int:
         if self.tag_ids:
             if not isinstance(tag, int) or not 0 <= tag < len(self.label_names):
-                raise DataError(f"tag id {tag!r} in {where} is not in 0..{len(self.label_names) - 1}", where="data.label_column")
+                raise BadRow(row_id, f"has tag id {tag!r}, not in 0..{len(self.label_names) - 1}", "data.label_column")
             return tag
         if str(tag) not in self.label2id:
-            raise DataError(f"tag {tag!r} in {where} is not a known tag ({', '.join(self.label_names)})", where="data.label_column")
+            raise BadRow(row_id, f"has tag {tag!r}, not a known tag ({', '.join(self.label_names)})", "data.label_column")
         return self.label2id[str(tag)]
 
     @cached_property
@@ -83,7 +83,8 @@ def inspect(splits, cfg) -> Spec:
     names, tag_ids = _label_names(splits["train"], data)
     spec = Spec(data.text_column, data.label_column, names, tag_ids=tag_ids)
     for split, ds in splits.items():
-        spec.labelled[split] = _check_rows(ds, split, spec) if split != "train" or not is_iterable(ds) else True
+        with naming_rows(ds, split, data):
+            spec.labelled[split] = _check_rows(ds, split, spec) if split != "train" or not is_iterable(ds) else True
     if not spec.labelled["validation"]:
         raise DataError("the validation split has no tags", where="data.label_column")
     return spec
@@ -112,13 +113,12 @@ def _check_rows(ds, split: str, spec: Spec) -> bool:
     if spec.tags_column not in ds.column_names:
         return False
     for row_id, words, tags in zip(ds[ROW_ID], ds[spec.tokens_column], ds[spec.tags_column]):
-        where = f"row {row_id} of the {split} split"
         if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
-            raise DataError(f"{where} has no list of words", where="data.text_column")
+            raise BadRow(row_id, "has no list of words", "data.text_column")
         if tags is None or len(tags) != len(words):
-            raise DataError(f"{where} has {len(words)} words but {len(tags or [])} tags", where="data.label_column")
+            raise BadRow(row_id, f"has {len(words)} words but {len(tags or [])} tags", "data.label_column")
         for tag in tags:
-            spec.to_id(tag, where)
+            spec.to_id(tag, row_id)
     return True
 
 
@@ -130,7 +130,8 @@ def spec_from_model(model_config, cfg, rows) -> Spec:
     feature = (rows.features or {}).get(data.label_column)
     tag_ids = str(getattr(getattr(feature, "feature", None), "dtype", "")).startswith("int")
     spec = Spec(data.text_column, data.label_column, names, tag_ids=tag_ids)
-    spec.labelled["test"] = _check_rows(rows, "input", spec)
+    with naming_rows(rows, "test", data):
+        spec.labelled["test"] = _check_rows(rows, "input", spec)
     return spec
 
 
@@ -165,7 +166,7 @@ def preprocess(splits, tokenizer, cfg, spec: Spec):
         if labelled:
             every_subword = split == "train" and cfg.task.settings.label_subwords == "all"
             encoded["labels"] = [
-                _align(words, [spec.to_id(t, f"row {row_id} of the {split} split") for t in tags], inside if every_subword else None)
+                _align(words, [spec.to_id(t, row_id) for t in tags], inside if every_subword else None)
                 for words, tags, row_id in zip(word_ids, batch[spec.tags_column], batch[ROW_ID])
             ]
         return encoded
