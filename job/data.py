@@ -166,7 +166,8 @@ def _load_files(files: dict[str, list[str]], fmt: str, cfg: JobConfig, streaming
     if fmt == "conll":
         return _read(lambda: _load_conll(files, kwargs, streaming), data)
     if fmt == "text" and data.format is None:
-        _refuse_conll_layout(files, kwargs.get("storage_options", {}))
+        with storage_faults(data):
+            _refuse_conll_layout(files, kwargs.get("storage_options", {}))
     options: dict[str, Any] = {"field": data.field} if data.field is not None else {}
     if fmt == "tsv":  # as GLUE's own loader reads its files: no quotes, a line is a row
         options.update(delimiter="\t", quoting=csv.QUOTE_NONE)
@@ -177,7 +178,8 @@ def _load_files(files: dict[str, list[str]], fmt: str, cfg: JobConfig, streaming
         loaded = _read(lambda: load_dataset(builder, data_files=files, streaming=streaming, **options, **fresh), data)
     if fmt == "tsv" and not streaming:
         for split, paths in files.items():
-            _check_row_count(loaded[split], paths, kwargs.get("storage_options", {}), _source_name(data, split))
+            with storage_faults(data):
+                _check_row_count(loaded[split], paths, kwargs.get("storage_options", {}), _source_name(data, split))
     return loaded
 
 
