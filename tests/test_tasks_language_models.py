@@ -108,7 +108,7 @@ def test_fine_tuning_stories260k_lowers_validation_perplexity(tmp_path):
         run_cli("run", "--config", str(config), *args, env=base_env(FINETUNE_RUN_ID=run_id), cwd=ROOT, check=True)
         return json.loads((tmp_path / run_id / "metrics.json").read_text()), tmp_path / run_id
 
-    before, _ = run("before", "training.learning_rate=0", "training.max_steps=1")
+    before, _ = run("before", "training.learning_rate=1e-30", "training.max_steps=1")  # one step that moves no weight: the untrained baseline
     after, run_dir = run("after")
     print(f"stories260K on Multi30k: validation perplexity {before['eval_perplexity']:.3f} -> {after['eval_perplexity']:.3f}, "
           f"test {before['test_perplexity']:.3f} -> {after['test_perplexity']:.3f}")

@@ -27,7 +27,7 @@ def _run(tmp_path, run_id: str, *sets: str) -> tuple[dict, list[dict]]:
 def test_e2e_trained_beats_untrained(tmp_path):
     quick = ("data.max_train_samples=2000", "data.max_eval_samples=40", "data.max_predict_samples=120",
              "training.eval_strategy=no", "task.max_new_tokens=32")
-    untrained, before = _run(tmp_path, "untrained", *quick, "training.learning_rate=0", "training.max_steps=1")
+    untrained, before = _run(tmp_path, "untrained", *quick, "training.learning_rate=1e-30", "training.max_steps=1")  # one step that moves no weight: the untrained baseline
     trained, rows = _run(tmp_path, "trained", *quick, "training.num_train_epochs=3")
     print(f"E2E test: BLEU {untrained['test_bleu']:.2f} -> {trained['test_bleu']:.2f}, "
           f"ROUGE-L {untrained['test_rougeL']:.2f} -> {trained['test_rougeL']:.2f}")
