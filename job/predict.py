@@ -40,7 +40,7 @@ def predict(model_uri: str, input_uri: str, output_uri: str, *, batch_size: int,
             )
         )
         rows = data.load_file(input_uri, cfg)
-        tokenizer, model = _load(model_dir, task, model_uri)
+        tokenizer, model = _load(model_dir, task, model_uri, work)
         spec = task.spec_from_model(model.config, cfg, rows)
         features = task.preprocess({"test": rows}, tokenizer, cfg, spec)["test"]
         collator = task.collator(tokenizer, cfg, spec, pad_to_multiple_of=8 if training.on_gpu() else None)
@@ -73,11 +73,9 @@ def _read_meta(model_dir: Path, uri: str) -> dict:
         raise ModelError(f"no {META_FILE}: not a model published by finetune-job", where=uri) from None
 
 
-def _load(model_dir: Path, task, uri: str):
-    from transformers import AutoTokenizer
-
+def _load(model_dir: Path, task, uri: str, work: Path):
     try:
-        return AutoTokenizer.from_pretrained(model_dir), models.model_class(task).from_pretrained(model_dir)
+        return models.load_published(model_dir, task, work_dir=work)
     except (OSError, ValueError) as exc:
         raise ModelError(str(exc).splitlines()[0][:300], where=uri) from exc
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from job import champion, models, storage
+from job.errors import ModelError
 
 log = logging.getLogger(__name__)
 
@@ -190,12 +191,9 @@ def evaluator(cfg, store, task, spec, raw, args) -> Callable[[str], float | None
 
 
 def _load(model_dir: Path, cfg, task, spec, run_id: str):
-    from transformers import AutoTokenizer
-
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        model = models.model_class(task).from_pretrained(model_dir, trust_remote_code=cfg.model.trust_remote_code)
-    except (OSError, ValueError, KeyError) as exc:
+        tokenizer, model = models.load_published(model_dir, task, trust_remote_code=cfg.model.trust_remote_code, work_dir=model_dir)
+    except (OSError, ValueError, KeyError, ModelError) as exc:
         raise Incomparable(f"its model does not load: {str(exc).splitlines()[0][:200]}") from exc
     ours = task.model_kwargs(spec).get("id2label")
     if ours is not None:
