@@ -35,6 +35,7 @@ refuses adapter publishing for it. Outside the job:
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 from job.config import LoraConfig as LoraSettings
@@ -62,10 +63,12 @@ def wrap(model, settings: LoraSettings, task):
     targets = list(settings.target_modules or default_targets(model, heads))
     config = LoraConfig(
         task_type=task_type, r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-        target_modules=targets, modules_to_save=heads or None,
+        target_modules=targets, modules_to_save=list(heads) or None,  # a copy: peft appends its own names to it
     )
     try:
-        wrapped = get_peft_model(model, config)
+        with warnings.catch_warnings():  # peft 0.21 asks transformers 5 a deprecated question on every wrap
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            wrapped = get_peft_model(model, config)
     except ValueError as exc:  # e.g. "Target modules {...} not found in the base model"
         raise ConfigError(str(exc).strip().splitlines()[0][:300], where="lora.target_modules") from None
     log.info("lora: rank %d, alpha %g on %d layers; trained in full: %s", settings.r, settings.alpha,
