@@ -106,6 +106,7 @@ def test_head_only_publishes_the_frozen_body_and_a_head_that_predict_reproduces(
     metrics = _metrics(run_dir)
     assert metrics["train_mode"] == "head"
     assert metrics["trainable_parameters"] == 64 * 2 + 2  # one linear layer over the 64-wide vector
+    assert f"model.train head: 130 of {metrics['total_parameters']:,} parameters trained" in (run_dir / "report.html").read_text()
     published = load_file(run_dir / "model" / "model.safetensors")
     assert metrics["total_parameters"] == sum(t.numel() for t in published.values())
     _, body = builtin.build("builtin:tiny-bert", (r["text"] for r in read_jsonl(DEMO / "reviews.train.jsonl")),
