@@ -176,6 +176,8 @@ def _minilm_config(tmp_path: Path, output: str, train_rows: int, **training) -> 
     for split, rows in splits.items():
         n = {"train": train_rows, "validation": 200, "test": 300}[split] // 2
         files[f"{split}_files"] = str(write_jsonl(tmp_path / f"{split}.jsonl", rows[:n] + rows[-n:]))
+    # What `finetune-job predict` reads: the test texts (its labels would be ids, which predict does not map).
+    write_jsonl(tmp_path / "texts.jsonl", [{"text": row["text"]} for row in read_jsonl(tmp_path / "test.jsonl")])
     return {
         "model": {"name": str(MINILM)},
         "data": {**files, "label_names": ["neg", "pos"], "max_length": 64},
@@ -187,14 +189,14 @@ def _minilm_config(tmp_path: Path, output: str, train_rows: int, **training) -> 
 @pytest.mark.slow
 @needs_shared
 def test_head_only_on_minilm_beats_chance_and_its_model_predicts_the_same_on_text(tmp_path):
-    cfg = _minilm_config(tmp_path, str(tmp_path / "out"), train_rows=2000)
+    cfg = _minilm_config(tmp_path, str(tmp_path / "out"), train_rows=1600)
     cfg["model"]["train"] = "head"  # the mode's own learning rate, epochs and batch size
     _, run_dir = _run(tmp_path, cfg, "head")
     metrics = _metrics(run_dir)
     # Chance is 0.5 (balanced rows); a linear probe on these vectors reaches about 0.77 on all the data.
     assert metrics["test_accuracy"] >= 0.68, metrics["test_accuracy"]
     assert metrics["trainable_parameters"] == 384 * 2 + 2
-    _same_predictions(_predict(run_dir / "model", tmp_path / "test.jsonl", tmp_path / "p.jsonl"),
+    _same_predictions(_predict(run_dir / "model", tmp_path / "texts.jsonl", tmp_path / "p.jsonl"),
                       read_jsonl(run_dir / "predictions.jsonl"))
 
 
@@ -218,8 +220,8 @@ def test_lora_on_minilm_adapter_and_merged_give_the_same_predictions(tmp_path):
     assert all("lora_" in key or key.startswith("base_model.model.classifier.") for key in saved), sorted(saved)[:5]
     assert sum(t.numel() for t in saved.values()) == adapter["trainable_parameters"]
     # Same seed, same steps: the adapter loaded over the base and the merged model predict alike.
-    from_adapter = _predict(adapter_dir / "model", tmp_path / "test.jsonl", tmp_path / "a.jsonl")
-    from_merged = _predict(merged_dir / "model", tmp_path / "test.jsonl", tmp_path / "m.jsonl")
+    from_adapter = _predict(adapter_dir / "model", tmp_path / "texts.jsonl", tmp_path / "a.jsonl")
+    from_merged = _predict(merged_dir / "model", tmp_path / "texts.jsonl", tmp_path / "m.jsonl")
     _same_predictions(from_adapter, from_merged)
     _same_predictions(from_adapter, read_jsonl(adapter_dir / "predictions.jsonl"))
     # The second run's gate scored the first (an adapter) on the same test rows: the adapter's own score.
