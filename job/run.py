@@ -98,6 +98,8 @@ def run(cfg: JobConfig, log_format: str = "text") -> RunResult:
         cfg, args, model, tokenizer, features, collator, compute_metrics=lambda p: task.compute_metrics(p, spec)
     )
     trainer.add_callback(publisher)
+    if cached:
+        trainer.add_callback(cached.one_thread())
     started = time.monotonic()
     train_result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     publisher.wait()
