@@ -126,22 +126,23 @@ def is_adapter(model_dir: Path) -> bool:
     return (Path(model_dir) / ADAPTER_CONFIG).is_file()
 
 
-def load_adapter(model_dir: Path, task, *, trust_remote_code: bool, work_dir: Path | None):
-    """A published adapter over its base model (loaded as the run loaded it: a local directory, a
-    GGUF file, s3:// or the Hub), unmerged: the adapters run beside the layers they adapt."""
-    import tempfile
-
-    from peft import PeftConfig, PeftModel
+def base_of(model_dir: Path, trust_remote_code: bool):
+    """(a config naming the base model a published adapter goes over, the config keyword arguments
+    that size its task head): job/models.py loads the base as the run loaded it."""
+    from peft import PeftConfig
     from transformers import AutoConfig
 
-    from job import models
     from job.config import JobConfig, ModelConfig
 
     adapter = PeftConfig.from_pretrained(model_dir)
     trained = AutoConfig.from_pretrained(model_dir)
     kwargs = {key: getattr(trained, key) for key in ("id2label", "label2id", "problem_type") if getattr(trained, key, None) is not None}
-    cfg = JobConfig(model=ModelConfig(name=adapter.base_model_name_or_path, revision=adapter.revision,
-                                      trust_remote_code=trust_remote_code))
-    work = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="finetune-base-"))
-    _, base = models._from_pretrained(models.resolve(cfg, work), cfg, models.model_class(task), kwargs, work)
+    model = ModelConfig(name=adapter.base_model_name_or_path, revision=adapter.revision, trust_remote_code=trust_remote_code)
+    return JobConfig(model=model), kwargs
+
+
+def attach(base, model_dir: Path):
+    """A published adapter over its loaded base, unmerged: the adapters run beside the layers they adapt."""
+    from peft import PeftModel
+
     return PeftModel.from_pretrained(base, model_dir).eval()

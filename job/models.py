@@ -143,17 +143,20 @@ def _set_attention(model, name: str) -> None:
     log.info("model: %s attention", name)
 
 
-def load_published(model_dir: Path, task, *, trust_remote_code: bool = False, work_dir: Path | None = None):
+def load_published(model_dir: Path, task, work_dir: Path, *, trust_remote_code: bool = False):
     """(tokenizer, model) from a directory a run published: an ordinary model (model.train: all, or
     lora merged), body + pooled head (head; job/pooled.py registers its class), or a LoRA adapter
-    loaded over its base model (job/lora.py). OSError or ValueError when it does not load."""
+    loaded over its base model (job/lora.py), which goes to `work_dir` first if it is on s3://.
+    OSError or ValueError when it does not load."""
     from transformers import AutoTokenizer
 
     from job import lora, pooled  # noqa: F401  registers the pooled classifier with the Auto classes
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    if lora.is_adapter(model_dir):
-        return tokenizer, lora.load_adapter(model_dir, task, trust_remote_code=trust_remote_code, work_dir=work_dir)
+    if lora.is_adapter(model_dir):  # the base loads as the run loaded it: a local directory, GGUF, s3://, the Hub
+        base_cfg, kwargs = lora.base_of(model_dir, trust_remote_code)
+        _, base = _from_pretrained(resolve(base_cfg, work_dir), base_cfg, model_class(task), kwargs, work_dir)
+        return tokenizer, lora.attach(base, model_dir)
     return tokenizer, model_class(task).from_pretrained(model_dir, trust_remote_code=trust_remote_code)
 
 

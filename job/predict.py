@@ -75,7 +75,7 @@ def _read_meta(model_dir: Path, uri: str) -> dict:
 
 def _load(model_dir: Path, task, uri: str, work: Path):
     try:
-        return models.load_published(model_dir, task, work_dir=work)
+        return models.load_published(model_dir, task, work)
     except (OSError, ValueError) as exc:
         raise ModelError(str(exc).splitlines()[0][:300], where=uri) from exc
 

@@ -192,7 +192,7 @@ def evaluator(cfg, store, task, spec, raw, args) -> Callable[[str], float | None
 
 def _load(model_dir: Path, cfg, task, spec, run_id: str):
     try:
-        tokenizer, model = models.load_published(model_dir, task, trust_remote_code=cfg.model.trust_remote_code, work_dir=model_dir)
+        tokenizer, model = models.load_published(model_dir, task, model_dir / "base", trust_remote_code=cfg.model.trust_remote_code)
     except (OSError, ValueError, KeyError, ModelError) as exc:
         raise Incomparable(f"its model does not load: {str(exc).splitlines()[0][:200]}") from exc
     ours = task.model_kwargs(spec).get("id2label")
