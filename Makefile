@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 PIP_FLAGS ?=
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: venv run test test-fast bench bench-gpu clean
+.PHONY: venv run test test-fast bench bench-gpu bench-transfer clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ soak: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python tests/bench_padding.py
 	$(BIN)/python tests/bench_evaluation.py
+
+## bench-transfer: full fine-tuning, head-only and LoRA on all-MiniLM-L6-v2 (../shared), one table
+bench-transfer: $(STAMP)
+	$(BIN)/python tests/bench_transfer.py
 
 ## bench-gpu: training tokens/s and MFU, the job's defaults against plain Trainer and each GPU default on/off
 ## (tiny models on CPU; on a GPU machine without this venv: bash tests/gpu_check.sh)

@@ -46,7 +46,14 @@ class ModelConfig:
     name: str = _setting("builtin:tiny-bert", "Hub id, local directory, s3:// prefix, or builtin:tiny-bert.")
     revision: str | None = _setting(None, "Hub revision (branch, tag or commit) of the model.")
     trust_remote_code: bool = _setting(False, "Run model code shipped with a Hub model. Off unless you trust it.")
-    train: str = _setting("all", "'all' fine-tunes every layer; 'head' freezes the pretrained body (transfer learning).")
+    train: str = _setting(
+        "all", "all: fine-tune every layer; head: train only a new head on the frozen body's features (transfer "
+        "learning); lora: low-rank adapters on the frozen body, the task head in full (the lora: section).",
+    )
+    pooling: str = _setting(
+        "mean", "model.train head: the vector the head reads: mean (of the token vectors; what sentence-embedding "
+        "models such as all-MiniLM-L6-v2 give) or cls (the first token's, as classic BERT's classifier).",
+    )
     attn_implementation: str | None = _setting(
         None, "Attention kernel: sdpa, eager, flash_attention_2, flash_attention_3, flex_attention or a Hub kernel; "
         "transformers' default (sdpa where the model has it) when unset.",
@@ -132,6 +139,19 @@ class ScheduleConfig:
 
 
 @dataclass
+class LoraConfig:
+    r: int = _setting(8, "Rank of each adapter (model.train: lora).")
+    alpha: float = _setting(16.0, "Scaling: the adapter's update is multiplied by alpha / r.")
+    dropout: float = _setting(0.1, "Dropout on the adapter's input.")
+    target_modules: list[str] | None = _setting(
+        None, "Names of the layers that get adapters (e.g. [query, value]); every linear layer but the output "
+        "layer and the task head when unset.",
+    )
+    publish: str = _setting("merged", "merged: an ordinary model, adapters folded in; adapter: only the adapters "
+                            "and the task head, loaded over model.name (which must stay loadable).")
+
+
+@dataclass
 class TaskConfig:
     name: str = _setting("text-classification", "The kind of fine-tuning: a name in job/tasks/ TASKS (README: Tasks).")
     settings: Any = None  # the task module's own Settings dataclass, filled in by load()
@@ -150,6 +170,7 @@ class JobConfig:
     promotion: PromotionConfig = field(default_factory=PromotionConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
     training: dict[str, Any] = field(default_factory=dict)
     # dotted key -> where its value came from ("default", "file x.yaml", "env FINETUNE_X", "--set")
     sources: dict[str, str] = field(default_factory=dict, repr=False)
@@ -171,6 +192,7 @@ _SECTIONS = {
     "promotion": PromotionConfig,
     "retention": RetentionConfig,
     "schedule": ScheduleConfig,
+    "lora": LoraConfig,
 }
 _TOP_LEVEL = ("run_id", "task", *_SECTIONS, "training")
 # Keys of TrainingArguments the job owns: setting them would break where the job puts its files.
@@ -530,8 +552,7 @@ def _validate(cfg: JobConfig) -> None:
 
     if cfg.run_id is not None and not _RUN_ID.fullmatch(cfg.run_id):
         raise ConfigError("use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit", where=where("run_id"))
-    if cfg.model.train not in ("all", "head"):
-        raise ConfigError(f"choose 'all' or 'head', got {cfg.model.train!r}", where=where("model.train"))
+    _validate_transfer(cfg, where)
     data = cfg.data
     if data.dataset is None and data.train_files is None:
         raise ConfigError("no training data: set data.dataset (a Hub id) or data.train_files", where="data")
@@ -577,6 +598,43 @@ def _validate(cfg: JobConfig) -> None:
     if cfg.s3.retry_seconds < 0:
         raise ConfigError(f"must be at least 0, got {cfg.s3.retry_seconds}", where=where("s3.retry_seconds"))
     _validate_scheduling(cfg, where)
+
+
+def _validate_transfer(cfg: JobConfig, where) -> None:
+    """model.train, model.pooling and the lora: section (job/head_only.py, job/lora.py)."""
+    model, lora = cfg.model, cfg.lora
+    if model.train not in TRAIN_MODES:
+        raise ConfigError(f"choose one of {', '.join(TRAIN_MODES)}, got {model.train!r}", where=where("model.train"))
+    if model.pooling not in POOLINGS:
+        raise ConfigError(f"choose one of {', '.join(POOLINGS)}, got {model.pooling!r}", where=where("model.pooling"))
+    if model.train == "head" and cfg.task.name != "text-classification":
+        raise ConfigError(
+            f"head-only training reads one pooled vector per row: text-classification only; for {cfg.task.name} "
+            "use lora or all", where=where("model.train"),
+        )
+    if model.train == "head" and cfg.data.streaming:
+        raise ConfigError("head-only training computes every row's features up front; it cannot stream the data",
+                          where=where("model.train"))
+    if lora.r < 1:
+        raise ConfigError(f"must be at least 1, got {lora.r}", where=where("lora.r"))
+    if lora.alpha <= 0:
+        raise ConfigError(f"must be positive, got {lora.alpha}", where=where("lora.alpha"))
+    if not 0 <= lora.dropout < 1:
+        raise ConfigError(f"must be at least 0 and below 1, got {lora.dropout}", where=where("lora.dropout"))
+    if lora.target_modules is not None and not lora.target_modules:
+        raise ConfigError("name at least one layer, or null for every linear layer", where=where("lora.target_modules"))
+    if lora.publish not in LORA_PUBLISH:
+        raise ConfigError(f"choose one of {', '.join(LORA_PUBLISH)}, got {lora.publish!r}", where=where("lora.publish"))
+    if model.train == "lora" and lora.publish == "adapter" and is_builtin(model.name):
+        raise ConfigError(
+            f"an adapter is loaded over its base model later, and {model.name} is built from the training data "
+            "(it cannot be loaded again); publish merged", where=where("lora.publish"),
+        )
+
+
+TRAIN_MODES = ("all", "head", "lora")
+POOLINGS = ("mean", "cls")
+LORA_PUBLISH = ("merged", "adapter")
 
 
 def _validate_scheduling(cfg: JobConfig, where) -> None:

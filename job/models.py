@@ -2,8 +2,13 @@
 or the Hub.
 
 An s3:// model is downloaded to the work directory first and then loaded like a local one. Hub code
-(`trust_remote_code`) only runs when the config says so. `model.train: head` freezes the pretrained body
-so only the task head learns (transfer learning); `all` fine-tunes every layer.
+(`trust_remote_code`) only runs when the config says so. `model.train` says what learns: `all` every
+layer; `head` a new head over the frozen body's pooled vectors (job/head_only.py, job/pooled.py); `lora`
+low-rank adapters on the frozen body and the task head in full (job/lora.py). A new head (and a new
+adapter) starts from the run's seed, so the same config gives the same model.
+
+`load_published` reads back what a run published, in each mode's form, for `finetune-job predict` and
+the promotion gate.
 """
 
 from __future__ import annotations
@@ -49,9 +54,17 @@ def model_class(task):
 
 def load(cfg: JobConfig, task, spec, train_split, work_dir: Path):
     """Return (tokenizer, model) ready for training, with the task's head sized for `spec`."""
+    from transformers import set_seed
+
     cls = model_class(task)
     kwargs = task.model_kwargs(spec)
+    head_only = cfg.model.train == "head"
+    if head_only:  # the body alone; the pooled head is added below
+        from transformers import AutoModel
+
+        cls, head_kwargs, kwargs = AutoModel, kwargs, {}
     name = cfg.model.name
+    set_seed(cfg.seed)  # a pretrained body's new head (and LoRA's adapters) start from the seed too
     if is_builtin(name):
         tokenizer, model = builtin.build(name, task.texts(train_split, cfg), cls, kwargs, cfg.seed)
     else:
@@ -59,9 +72,33 @@ def load(cfg: JobConfig, task, spec, train_split, work_dir: Path):
         tokenizer, model = _from_pretrained(location, cfg, cls, kwargs, work_dir)
     if cfg.model.attn_implementation:
         _set_attention(model, cfg.model.attn_implementation)
-    if cfg.model.train == "head":
-        _freeze_body(model)
+    if head_only:
+        from job.pooled import PooledTextClassifier
+
+        model = PooledTextClassifier.around(model, cfg.model.pooling, **head_kwargs)
+        model.body.requires_grad_(False)
+    elif cfg.model.train == "lora":
+        from job import lora
+
+        model = lora.wrap(model, cfg.lora, task)
+    counts = parameter_counts(model, cfg)
+    log.info("model: model.train %s trains %d of %d parameters (%.2f%%)", cfg.model.train,
+             counts["trainable_parameters"], counts["total_parameters"], 100 * counts["trainable_share"])
     return tokenizer, model
+
+
+def parameter_counts(model, cfg: JobConfig) -> dict:
+    """The mode and how many parameters it trains, for the log, metrics.json and the report.
+    Counted by tensor identity, so weights shared between layers (tied embeddings) count once."""
+    unique = {id(p): p for p in model.parameters()}.values()
+    total = sum(p.numel() for p in unique)
+    trainable = sum(p.numel() for p in unique if p.requires_grad)
+    if cfg.model.train == "lora":
+        from job import lora
+
+        total -= lora.adapter_parameters(model)  # the model's own size, as for the other modes
+    return {"train_mode": cfg.model.train, "trainable_parameters": trainable, "total_parameters": total,
+            "trainable_share": round(trainable / total, 6) if total else 0.0}
 
 
 def resolve(cfg: JobConfig, work_dir: Path) -> str:
@@ -144,14 +181,35 @@ def _set_attention(model, name: str) -> None:
     log.info("model: %s attention", name)
 
 
-def _freeze_body(model) -> None:
-    body = getattr(model, model.base_model_prefix, None)
-    if body is None or body is model:
-        raise ModelError("this model has no separate body to freeze; use model.train: all", where="model.train")
-    for parameter in body.parameters():
-        parameter.requires_grad = False
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log.info("model: body frozen, training the head only (%d parameters)", trainable)
+def load_published(model_dir: Path, task, work_dir: Path, *, trust_remote_code: bool = False):
+    """(tokenizer, model) from a directory a run published: an ordinary model (model.train: all, or
+    lora merged), body + pooled head (head; job/pooled.py registers its class), or a LoRA adapter
+    loaded over its base model (job/lora.py), which goes to `work_dir` first if it is on s3://.
+    OSError or ValueError when it does not load."""
+    from transformers import AutoTokenizer
+
+    from job import lora, pooled  # noqa: F401  registers the pooled classifier with the Auto classes
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    if lora.is_adapter(model_dir):  # the base loads as the run loaded it: a local directory, GGUF, s3://, the Hub
+        base_cfg, kwargs = lora.base_of(model_dir, trust_remote_code)
+        _, base = _from_pretrained(resolve(base_cfg, work_dir), base_cfg, model_class(task), kwargs, work_dir)
+        return tokenizer, lora.attach(base, model_dir)
+    return tokenizer, model_class(task).from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+
+
+def save_published(trainer, cfg: JobConfig, path: Path, head_only=None) -> None:
+    """The model directory a run publishes, in its mode's form: for head, the frozen body and the
+    trained head as one model; for lora, merged or the adapter (job/lora.py)."""
+    if head_only is not None:
+        head_only.assembled.save_pretrained(path)
+        trainer.processing_class.save_pretrained(path)
+    elif cfg.model.train == "lora":
+        from job import lora
+
+        lora.save(trainer, cfg.lora, cfg.model.name, path)
+    else:
+        trainer.save_model(str(path))
 
 
 def check(cfg: JobConfig) -> str:

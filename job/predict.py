@@ -38,7 +38,7 @@ def predict(
             data=_input_settings(input_uri, meta, data_options or {}),
         )
         rows = data.load_file(input_uri, cfg)
-        tokenizer, model = _load(model_dir, task, model_uri, trust_remote_code)
+        tokenizer, model = _load(model_dir, task, model_uri, work, trust_remote_code)
         spec = task.spec_from_model(model.config, cfg, rows)
         features = task.preprocess({"test": rows}, tokenizer, cfg, spec)["test"]
         collator = task.collator(tokenizer, cfg, spec, pad_to_multiple_of=8 if training.on_gpu() else None)
@@ -84,12 +84,9 @@ def _read_meta(model_dir: Path, uri: str) -> dict:
         raise ModelError(f"no {models.META_FILE}: not a model published by finetune-job", where=uri) from None
 
 
-def _load(model_dir: Path, task, uri: str, trust_remote_code: bool):
-    from transformers import AutoTokenizer
-
+def _load(model_dir: Path, task, uri: str, work: Path, trust_remote_code: bool):
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
-        return tokenizer, models.model_class(task).from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+        return models.load_published(model_dir, task, work, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         raise ModelError(str(exc).splitlines()[0][:300], where=uri) from exc
 

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Callable
 
 from job import champion, models, storage
+from job.errors import ModelError
 
 log = logging.getLogger(__name__)
 
@@ -317,14 +318,11 @@ def evaluator(cfg, store, task, spec, raw, args) -> Callable[[str], float | None
 
 
 def _load(model_dir: Path, cfg, task, spec, run_id: str):
-    from transformers import AutoTokenizer
-
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
         # Never trust_remote_code here: that setting is for the model the config names, not for whatever
         # model another run (or anyone with write access to the bucket) left behind the pointer.
-        model = models.model_class(task).from_pretrained(model_dir, trust_remote_code=False)
-    except (OSError, ValueError, KeyError) as exc:
+        tokenizer, model = models.load_published(model_dir, task, model_dir / "base", trust_remote_code=False)
+    except (OSError, ValueError, KeyError, ModelError) as exc:
         raise Incomparable(f"its model does not load: {str(exc).splitlines()[0][:200]}") from exc
     ours = task.model_kwargs(spec).get("id2label")
     if ours is not None:

@@ -278,13 +278,17 @@ def _html(run_id: str, cfg, metrics: dict, sections) -> str:
             f'<img alt="{e(title)}" data-plot="{e(path.stem)}" src="data:image/png;base64,{encoded}"></figure>'
         )
     source = config.redact_url(str(cfg.data.dataset or cfg.data.train_files))  # no user:password@ of a URL
+    trained = ""
+    if "trainable_parameters" in metrics:  # what model.train trained (job/models.py parameter_counts)
+        trained = (f' &middot; model.train {e(str(metrics["train_mode"]))}: {metrics["trainable_parameters"]:,} of '
+                   f'{metrics["total_parameters"]:,} parameters trained ({metrics["trainable_share"]:.2%})')
     created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>finetune-job run {e(run_id)}</title><style>{_CSS}</style></head>
 <body>
 <h1>Run {e(run_id)}</h1>
-<div class="meta">{e(cfg.task.name)} &middot; model {e(config.redact_url(cfg.model.name))} &middot; data {e(source)} &middot; written {created}</div>
+<div class="meta">{e(cfg.task.name)} &middot; model {e(config.redact_url(cfg.model.name))} &middot; data {e(source)}{trained} &middot; written {created}</div>
 {banner}
 <h2>Metrics</h2>
 <table>{rows}</table>

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from job import config as config_module
-from job import checkpoints, data, models, promotion, report, retention, storage, tasks, training, workdir
+from job import checkpoints, data, head_only, models, promotion, report, retention, storage, tasks, training, workdir
 from job.config import JobConfig
 from job.errors import ConfigError, Interrupted
 
@@ -85,6 +85,13 @@ def run(cfg: JobConfig, log_format: str = "text") -> RunResult:
         features = task.preprocess(raw, tokenizer, cfg, spec)
         resume_from = checkpoints.fetch_latest(store, run_id, work / "resume", config_sha)
     collator = task.collator(tokenizer, cfg, spec, pad_to_multiple_of=8 if training.on_gpu() else None)
+    trained = models.parameter_counts(model, cfg)
+    tokenized, cached = features, None
+    if cfg.model.train == "head":
+        # The frozen body reads every row once (all workers together); the head then trains and is
+        # scored on its vectors, and the run publishes body and head as one model (job/head_only.py).
+        cached = head_only.prepare(model, features, collator, args)
+        model, features, collator = cached.head, cached.features, cached.collator
 
     # 4. Train (from the latest complete checkpoint, if any), evaluate on validation, predict on test.
     publisher = checkpoints.publisher(store, run_id, cfg.checkpoint, stop, config_sha, work)
@@ -92,6 +99,8 @@ def run(cfg: JobConfig, log_format: str = "text") -> RunResult:
         cfg, args, model, tokenizer, features, collator, compute_metrics=lambda p: task.compute_metrics(p, spec)
     )
     trainer.add_callback(publisher)
+    if cached:
+        trainer.add_callback(cached.one_thread())
     started = time.monotonic()
     # SIGTERM while training: a checkpoint at the next step, then exit 10. A streamed bucket that fails: exit 6.
     with stop.deferred(), data.storage_faults(cfg.data):
@@ -116,6 +125,8 @@ def run(cfg: JobConfig, log_format: str = "text") -> RunResult:
         **eval_metrics,
         **predicted.metrics,
         **{f"test_{key}": value for key, value in task.report(predicted, spec).items()},
+        **trained,
+        **(cached.metrics() if cached else {}),
         "world_size": args.world_size,
         "resumed_from_step": resumed_step,
         "wall_seconds": round(time.monotonic() - started, 2),
@@ -135,7 +146,7 @@ def run(cfg: JobConfig, log_format: str = "text") -> RunResult:
     stage = work / "stage"
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir(parents=True)
-    trainer.save_model(str(stage / "model"))
+    models.save_published(trainer, cfg, stage / "model", cached)
     # training_args.bin pickles every TrainingArguments field, hub_token included: not an output.
     (stage / "model" / "training_args.bin").unlink(missing_ok=True)
     (stage / "model" / models.META_FILE).write_text(json.dumps(models.meta(cfg), indent=2))
@@ -145,7 +156,7 @@ def run(cfg: JobConfig, log_format: str = "text") -> RunResult:
     with open(stage / "predictions.jsonl", "w", encoding="utf-8") as out:
         for row in task.prediction_rows(raw["test"], predicted, spec):
             out.write(storage.json_line(row))
-    report.write(stage, run_id=run_id, cfg=cfg, raw=raw, features=features, spec=spec,
+    report.write(stage, run_id=run_id, cfg=cfg, raw=raw, features=tokenized, spec=spec,
                  history=trainer.state.log_history, metrics=metrics)
     storage.publish(stage, store, run_id, extra={"config_sha256": config_sha})
 

@@ -67,8 +67,8 @@ def matmul_weights(model) -> int:
 def flops_per_token(model, mean_sequence_length: float) -> float | None:
     """Model FLOPs per trained token, 6N + 12 L H Q T; None for encoder-decoder models, and for a
     config that does not name its layers, heads and width the usual way."""
-    config = model.config
-    if getattr(config, "is_encoder_decoder", False):
+    config = getattr(model, "config", None)  # head-only training's head is a bare module
+    if config is None or getattr(config, "is_encoder_decoder", False):
         return None
     config = config.get_text_config()
     layers, heads, hidden = (getattr(config, key, None) for key in ("num_hidden_layers", "num_attention_heads", "hidden_size"))
@@ -85,6 +85,7 @@ def batch_tokens(inputs: dict):
     - a packed batch (position ids, no mask: job/tasks/language_model.py) counts a sequence per
       document start (position 0) and a token per target plus one per document start, since every
       token of a document but its first is a target and padding never is;
+    - a batch of cached vectors (head-only training, job/head_only.py) counts its rows and no token;
     - anything else counts every input id, a row per sequence."""
     import torch
 
@@ -95,6 +96,9 @@ def batch_tokens(inputs: dict):
     if positions is not None and labels is not None and mask is None:
         starts = (positions == 0).sum()
         return (labels != -100).sum() + starts, starts
+    if "input_ids" not in inputs:
+        rows = inputs["features"]
+        return torch.tensor(0, device=rows.device), torch.tensor(rows.shape[0], device=rows.device)
     ids = inputs["input_ids"]
     return torch.tensor(ids.numel(), device=ids.device), torch.tensor(ids.shape[0], device=ids.device)
 

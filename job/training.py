@@ -32,6 +32,20 @@ from job.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
+# What each `model.train` mode needs where the user's `training:` section is silent (README: Transfer
+# learning). A new head or an adapter starts from scratch on a small share of the weights and wants a
+# far larger rate than full fine-tuning's 5e-5 (Trainer's default, kept for `all`). Head-only epochs
+# are cheap (the head reads cached vectors; job/head_only.py), so it takes many, in batches of 32
+# (8, Trainer's default, would be 4x the steps), in random order (the vectors have no length to
+# group by), logging less often.
+MODE_DEFAULTS = {
+    "all": {},
+    "head": {"learning_rate": 1e-2, "num_train_epochs": 20, "per_device_train_batch_size": 32,
+             "train_sampling_strategy": "random", "logging_steps": 50},
+    "lora": {"learning_rate": 1e-3},
+}
+
+
 def on_gpu() -> bool:
     import torch
 
@@ -72,6 +86,7 @@ def arguments(cfg: JobConfig, output_dir: Path, *, progress_bars: bool):
         defaults["bf16"] = torch.cuda.is_bf16_supported()
         defaults["tf32"] = torch.cuda.get_device_capability()[0] >= 8
     defaults.update(task.training_defaults(cfg) if hasattr(task, "training_defaults") else {})
+    defaults.update(MODE_DEFAULTS[cfg.model.train])
     try:
         return _classes(task)[1](output_dir=str(output_dir), **{**defaults, **cfg.training})
     except (ValueError, TypeError) as exc:

@@ -57,7 +57,7 @@ CASES: list[Case] = [
     ("streaming-without-max-steps", lambda t: (_demo(t, "data.streaming=true"), {}), CONFIG, "set training.max_steps"),
     ("dataset-and-files", lambda t: (_demo(t, "data.train_files=x.jsonl"), {}), CONFIG, "not both"),
     ("no-data", lambda t: (_yaml(t, "model:\n  name: builtin:tiny-bert\n"), {}), CONFIG, "no training data"),
-    ("bad-train-mode", lambda t: (_demo(t, "model.train=middle"), {}), CONFIG, "model.train (--set): choose 'all' or 'head'"),
+    ("bad-train-mode", lambda t: (_demo(t, "model.train=middle"), {}), CONFIG, "model.train (--set): choose one of all, head, lora, got 'middle'"),
     ("bad-run-id", lambda t: (_demo(t), {"FINETUNE_RUN_ID": "../escape"}), CONFIG, "run_id (env FINETUNE_RUN_ID)"),
     ("bad-output-scheme", lambda t: (_demo(t, "output.uri=gs://bucket/runs"), {}), CONFIG, "output.uri (--set): use a local path or s3://"),
     ("set-without-equals", lambda t: (_demo(t, "training.seed"), {}), CONFIG, "--set: expected key=value"),

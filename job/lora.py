@@ -1,0 +1,148 @@
+"""LoRA (`model.train: lora`): low-rank adapters on the frozen body, through the `peft` library.
+
+    finetune-job run --config job/configs/text-classification-minilm.yaml --set model.train=lora
+
+    lora:
+      r: 8                  # rank of each adapter
+      alpha: 16             # the adapter's update is scaled by alpha / r
+      dropout: 0.1          # on the adapter's input
+      target_modules: null  # every linear layer but the output layer and the task head
+      publish: merged       # merged: an ordinary model; adapter: adapters + head, loaded over model.name
+
+Which layers get adapters, by default: every linear layer (and GPT-2's Conv1D) of the model except its
+output layer (a language model's vocabulary projection) and the task head. One rule for every family
+(BERT's query/key/value/dense, Llama's q/k/v/o/gate/up/down_proj, T5's q/k/v/o/wi/wo, XLNet's
+feed-forward: its attention weights are no linear layers), as QLoRA found adapting every linear layer
+is what matches full fine-tuning; peft's own table names only the attention's query and value, and
+has no entry for XLNet or DistilBERT. `lora.target_modules` names layers instead (matched as peft
+does: a module whose name is, or ends with, `.` + the entry).
+
+A classification head (`classifier` or `score`, new for the task) trains in full: peft keeps a
+trainable copy of it (`modules_to_save`). Language-model heads stay frozen: they are pretrained.
+
+Publishing: `merged` folds each adapter into its layer and saves an ordinary model that loads with
+no peft at all. `adapter` saves only the adapters and the head (`adapter_config.json`,
+`adapter_model.safetensors`) beside the model's config.json and tokenizer; `base_model_name_or_path`
+in adapter_config.json is model.name (made absolute for a local path), which must still load when
+the adapter is used: a builtin model is built from the training data and cannot, so the config
+refuses adapter publishing for it. Outside the job:
+
+    from peft import PeftModel
+    base = AutoModelForSequenceClassification.from_pretrained(BASE, num_labels=2)
+    model = PeftModel.from_pretrained(base, "outputs/<run-id>/model")
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+from job.config import LoraConfig as LoraSettings
+from job.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+ADAPTER_CONFIG = "adapter_config.json"
+# peft's task type per task model class; a task not named here gets the plain PeftModel.
+TASK_TYPES = {
+    "AutoModelForSequenceClassification": "SEQ_CLS",
+    "AutoModelForTokenClassification": "TOKEN_CLS",
+    "AutoModelForSeq2SeqLM": "SEQ_2_SEQ_LM",
+    "AutoModelForCausalLM": "CAUSAL_LM",
+}
+HEADS = ("classifier", "score")  # a classification model's new head: trained in full
+
+
+def wrap(model, settings: LoraSettings, task):
+    """`model` with adapters on its target layers, everything else frozen but a classification head."""
+    from peft import LoraConfig, get_peft_model
+
+    task_type = TASK_TYPES.get(task.MODEL_CLASS)
+    heads = [name for name in HEADS if task_type in ("SEQ_CLS", "TOKEN_CLS") and getattr(model, name, None) is not None]
+    targets = list(settings.target_modules or default_targets(model, heads))
+    config = LoraConfig(
+        task_type=task_type, r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+        target_modules=targets, modules_to_save=list(heads) or None,  # a copy: peft appends its own names to it
+    )
+    try:
+        with warnings.catch_warnings():  # peft 0.21 asks transformers 5 a deprecated question on every wrap
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            wrapped = get_peft_model(model, config)
+    except ValueError as exc:  # e.g. "Target modules {...} not found in the base model"
+        raise ConfigError(str(exc).strip().splitlines()[0][:300], where="lora.target_modules") from None
+    log.info("lora: rank %d, alpha %g on %d layers; trained in full: %s", settings.r, settings.alpha,
+             len(_adapted(wrapped)), ", ".join(heads) or "nothing else")
+    return wrapped
+
+
+def default_targets(model, heads: list[str]) -> list[str]:
+    """Full names of every linear (or Conv1D) layer but the output layer and the heads'."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    skip = {f"{name}." for name in heads}
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    names = []
+    for name, module in model.named_modules():
+        if not isinstance(module, (torch.nn.Linear, Conv1D)) or module is output:
+            continue
+        if any(f"{name}.".startswith(prefix) for prefix in skip):
+            continue
+        names.append(name)
+    if not names:
+        raise ConfigError(f"{type(model).__name__} has no linear layer to adapt; name some in lora.target_modules",
+                          where="lora.target_modules")
+    return names
+
+
+def _adapted(model) -> list[str]:
+    from peft.tuners.lora import LoraLayer
+
+    return [name for name, module in model.named_modules() if isinstance(module, LoraLayer)]
+
+
+def adapter_parameters(model) -> int:
+    """Parameters LoRA added to the model: the adapters and peft's trainable copy of each head."""
+    return sum(p.numel() for name, p in model.named_parameters() if "lora_" in name or ".modules_to_save." in name)
+
+
+def save(trainer, settings: LoraSettings, base_name: str, path: Path) -> None:
+    """Publish the trained model in `lora.publish`'s form (see the module docstring)."""
+    model = trainer.model
+    if settings.publish == "merged":
+        merged = model.merge_and_unload()  # the adapters folded into their layers, the head's copy in place
+        merged.save_pretrained(path)
+    else:
+        local = Path(base_name)
+        model.peft_config["default"].base_model_name_or_path = str(local.resolve()) if local.exists() else base_name
+        model.save_pretrained(path)
+        model.get_base_model().config.save_pretrained(path)  # labels, for predict and the gate
+        (path / "README.md").unlink(missing_ok=True)  # peft's empty model-card template
+    trainer.processing_class.save_pretrained(path)
+
+
+def is_adapter(model_dir: Path) -> bool:
+    return (Path(model_dir) / ADAPTER_CONFIG).is_file()
+
+
+def base_of(model_dir: Path, trust_remote_code: bool):
+    """(a config naming the base model a published adapter goes over, the config keyword arguments
+    that size its task head): job/models.py loads the base as the run loaded it."""
+    from peft import PeftConfig
+    from transformers import AutoConfig
+
+    from job.config import JobConfig, ModelConfig
+
+    adapter = PeftConfig.from_pretrained(model_dir)
+    trained = AutoConfig.from_pretrained(model_dir)
+    kwargs = {key: getattr(trained, key) for key in ("id2label", "label2id", "problem_type") if getattr(trained, key, None) is not None}
+    model = ModelConfig(name=adapter.base_model_name_or_path, revision=adapter.revision, trust_remote_code=trust_remote_code)
+    return JobConfig(model=model), kwargs
+
+
+def attach(base, model_dir: Path):
+    """A published adapter over its loaded base, unmerged: the adapters run beside the layers they adapt."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(base, model_dir).eval()
