@@ -19,9 +19,6 @@ from job.errors import ConfigError
 MINILM = SHARED / "models" / "all-MiniLM-L6-v2"
 STORIES = SHARED / "models" / "stories260K-gguf" / "stories260K.gguf"
 needs_shared = pytest.mark.skipif(not MINILM.is_dir(), reason="../shared is not present")
-# Timings and what depends on them: never compared between two runs. train_tokens too: after a resume it
-# counts only the tokens since (job/throughput.py, in every mode), which tests/test_distributed.py trips on.
-VOLATILE = ("_runtime", "_per_second", "_seconds", "resumed_from_step", "total_flos", "train_tokens")
 
 
 def _run(tmp_path: Path, cfg: dict, run_id: str, *sets: str, env=None):
@@ -173,7 +170,7 @@ def test_two_workers_resume_exactly_and_the_gate_scores_the_champion(mode, s3_se
     """Two gloo workers (the head-only vectors split between them and gathered), stopped by SIGTERM and
     resumed: the same model, predictions and metrics as without the stop; and the resumed run's gate
     scored the first run's model (pooled head, or merged LoRA) on its own rows."""
-    from test_distributed import _config, _interrupt
+    from test_distributed import _config, _interrupt, _outcome
 
     cfg = _config(tmp_path, f"s3://{bucket}/runs", "job")
     args = ["run", "--config", str(cfg), "--set", f"model.train={mode}", "--set", "distributed.nproc_per_node=2"]
@@ -262,7 +259,7 @@ def test_lora_on_minilm_adapter_and_merged_give_the_same_predictions(tmp_path):
 @needs_shared
 @pytest.mark.parametrize("mode, at_step", [("all", 10), ("head", 50), ("lora", 10)])
 def test_a_resumed_run_ends_as_an_uninterrupted_one_in_each_mode(mode, at_step, s3_server, bucket, tmp_path):
-    from test_distributed import _interrupt
+    from test_distributed import _interrupt, _outcome
 
     output = f"s3://{bucket}/runs"
     training = {"logging_steps": 1, "per_device_train_batch_size": 16, "num_train_epochs": 2} if mode != "head" else {}
@@ -278,19 +275,6 @@ def test_a_resumed_run_ends_as_an_uninterrupted_one_in_each_mode(mode, at_step, 
     assert "resuming from checkpoint-" in proc.stderr
     client = s3_server.client()
     assert _outcome(client, bucket, "preempted") == _outcome(client, bucket, "straight")
-
-
-def _outcome(client, bucket: str, run_id: str) -> dict:
-    def get(key: str) -> bytes:
-        return client.get_object(Bucket=bucket, Key=f"runs/{run_id}/{key}")["Body"].read()
-
-    metrics = json.loads(get("metrics.json"))
-    return {
-        "model": get("model/model.safetensors"),
-        "predictions": get("predictions.jsonl"),
-        "metrics": {k: float(f"{v:.10g}") if isinstance(v, float) else v for k, v in metrics.items()
-                    if not k.endswith(VOLATILE) and not k.startswith("promotion")},
-    }
 
 
 # ---------------------------------------------------------------------------------------------- stories260K
