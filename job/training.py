@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 # group by), logging less often.
 MODE_DEFAULTS = {
     "all": {},
-    "head": {"learning_rate": 1e-2, "num_train_epochs": 20, "per_device_train_batch_size": 32,
+    "head": {"learning_rate": 1e-2, "num_train_epochs": 10, "per_device_train_batch_size": 32,
              "train_sampling_strategy": "random", "logging_steps": 50},
     "lora": {"learning_rate": 1e-3},
 }

@@ -8,13 +8,13 @@ rotten_tomatoes rebuild, 8530/1066/1066 rows; all-MiniLM-L6-v2), batch 32, max_l
 changing only `model.train` and what the row says:
 
 - all: 1 epoch at Trainer's (and the mode's) learning rate, 5e-5: the lecture's fine-tuning;
-- head: nothing else: the mode's own defaults (job/training.py MODE_DEFAULTS: 20 epochs at 1e-2 on
+- head: nothing else: the mode's own defaults (job/training.py MODE_DEFAULTS: 10 epochs at 1e-2 on
   the cached vectors, mean pooling);
 - lora: 1 epoch, like the full row, at the mode's default rate (1e-3), rank 8 on every linear layer.
 
 Wall time is the whole process (imports, loading, tokenizing, the body's feature pass, training,
 evaluation, report), and "x full" is its ratio to the full row of this same invocation. Train
-samples/s is Trainer's: for head it counts the head's passes over the cached vectors (all 20
+samples/s is Trainer's: for head it counts the head's passes over the cached vectors (all 10
 epochs), so it is no measure of the body.
 """
 
@@ -45,6 +45,7 @@ def config_for(mode: str, files: dict, out: Path, max_length: int) -> dict:
         "model": {"name": str(MODEL), "train": mode},
         "data": {**files, "label_names": ["neg", "pos"], "max_length": max_length},
         "output": {"uri": str(out)},
+        "promotion": {"mode": "never"},  # no row pays for scoring another row's model as its champion
         "training": {"per_device_train_batch_size": 32, "per_device_eval_batch_size": 128, **ROWS[mode]},
     }
 

@@ -84,7 +84,7 @@ def test_each_mode_gets_its_own_learning_rate_unless_the_user_sets_one(tmp_path)
 
     assert args("model.train=all").learning_rate == 5e-5  # Trainer's own
     head = args("model.train=head")
-    assert (head.learning_rate, head.num_train_epochs, head.per_device_train_batch_size) == (1e-2, 20, 32)
+    assert (head.learning_rate, head.num_train_epochs, head.per_device_train_batch_size) == (1e-2, 10, 32)
     assert args("model.train=lora").learning_rate == 1e-3
     chosen = args("model.train=head", "training.learning_rate=0.3", "training.num_train_epochs=2")
     assert (chosen.learning_rate, chosen.num_train_epochs) == (0.3, 2)
