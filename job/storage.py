@@ -421,7 +421,7 @@ def _describe(exc: BaseException) -> tuple[str | None, bool]:
         status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
         message = error.response.get("Error", {}).get("Message") or error.operation_name
         return f"{code}: {message}", status >= 500 or code in _RETRIED_4XX or (code.isdigit() and int(code) >= 500)
-    if isinstance(exc, _cut_reply_errors()):
+    if isinstance(exc, _cut_reply_errors()) or _garbled_reply(exc):
         return f"{type(exc).__name__}: {_first_line(exc)}", True
     if isinstance(exc, (BotoCoreError, OSError)):  # no credentials, a bad parameter, a local file: retrying cannot help
         return f"{type(exc).__name__}: {_first_line(exc)}", False
@@ -446,6 +446,19 @@ def _cut_reply_errors() -> tuple[type, ...]:
     return errors
 
 
+def _garbled_reply(exc: BaseException) -> bool:
+    """A ValueError out of botocore's reply parser: it reads headers such as Last-Modified with dateutil
+    and lets its error through, so a header cut short ('... 28 Nov 2026 1') is a cut reply too."""
+    if not isinstance(exc, ValueError):
+        return False
+    frame = exc.__traceback__
+    while frame is not None:
+        if frame.tb_frame.f_code.co_filename.endswith(os.path.join("botocore", "parsers.py")):
+            return True
+        frame = frame.tb_next
+    return False
+
+
 def fault_behind(exc: BaseException | None) -> BaseException | None:
     """The storage fault in `exc`'s chain, if any: a failing server or connection, not a missing object
     and not bad content. For reads that go through other libraries (s3fs wraps botocore's errors in
@@ -455,7 +468,7 @@ def fault_behind(exc: BaseException | None) -> BaseException | None:
     while exc is not None:
         if isinstance(exc, ClientError) and _code(exc) not in MISSING:
             return exc
-        if isinstance(exc, _cut_reply_errors() + (BotoCoreError,)):
+        if isinstance(exc, _cut_reply_errors() + (BotoCoreError,)) or _garbled_reply(exc):
             return exc
         exc = exc.__cause__ or exc.__context__
     return None

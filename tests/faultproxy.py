@@ -19,6 +19,12 @@ fault is drawn (each kind with its own rate), or taken from a targeted rule firs
                     of the body, and close
     delay           wait `delay` seconds (drawn uniformly) before passing the request on
 
+and one fault only a rule serves (`add`), never a rate: it is what `cut_headers` does now and then,
+made certain:
+
+    cut_date        pass the request on, then send the headers up to the middle of Last-Modified
+                    ('Sat, 28 No'), and close
+
 `counts` says how often each fault was served, so a test can show that its faults really happened.
 """
 
@@ -34,6 +40,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 FAULTS = ("slowdown", "internal", "reset_request", "reset_response", "cut_headers", "cut_body", "delay")
+TARGETED = ("cut_date",)
 _ERRORS = {
     "slowdown": (503, "Slow Down", "SlowDown", "Please reduce your request rate."),
     "internal": (500, "Internal Server Error", "InternalError", "We encountered an internal error. Please try again."),
@@ -81,7 +88,7 @@ class FaultProxy:
         self.server.close()
 
     def add(self, method: str | None, path: str, fault: str, times: int = 1) -> None:
-        assert fault in FAULTS or fault == "pass", fault
+        assert fault in FAULTS + TARGETED or fault == "pass", fault
         with self.lock:
             self.rules.append(Rule(method, path, fault, times))
 
@@ -168,6 +175,10 @@ class FaultProxy:
                 if fault == "cut_headers":
                     first_line = reply_head.index(b"\r\n") + 2
                     client.sendall(reply_head[: self.random.randrange(first_line, max(first_line + 1, len(reply_head) - 3))])
+                    return _close(client)
+                if fault == "cut_date" and b"\r\nlast-modified: " in reply_head.lower():
+                    at = reply_head.lower().index(b"\r\nlast-modified: ") + len(b"\r\nlast-modified: Sat, 28 No")
+                    client.sendall(reply_head[:at])
                     return _close(client)
                 if fault == "cut_body" and reply_body:
                     client.sendall(reply_head + reply_body[: self.random.randrange(0, len(reply_body))])
