@@ -301,6 +301,8 @@ def test_lora_lowers_stories260k_validation_perplexity_and_its_adapter_loads_ove
 
     before = run("before", "training.learning_rate=1e-30", "training.max_steps=1")  # the adapters start as no change at all
     after = run("after")
+    print(f"stories260K, LoRA on Multi30k: validation perplexity {before['eval_perplexity']:.3f} -> {after['eval_perplexity']:.3f}, "
+          f"{after['trainable_parameters']:,} of {after['total_parameters']:,} parameters trained")
     assert after["eval_perplexity"] < before["eval_perplexity"] * 0.9, (before["eval_perplexity"], after["eval_perplexity"])
     assert after["trainable_parameters"] < after["total_parameters"] / 4
     # "after" was scored against the champion "before", whose adapter loaded over the GGUF file.
