@@ -132,27 +132,6 @@ def test_label_names_from_a_classlabel(tmp_path):
     assert first["label"] == ("pos" if demo_rows("test")[0]["label"] == "positive" else "neg")
 
 
-def test_train_head_freezes_the_body(tmp_path):
-    """model.train: head changes only the classifier; the body keeps its initial weights."""
-    from safetensors.torch import load_file
-    from transformers import AutoModelForSequenceClassification
-
-    from job import builtin
-
-    cfg = tiny_config(str(tmp_path / "out"), model={"train": "head"})
-    proc, run_dir = _run(tmp_path, cfg, "head")
-    assert "body frozen" in proc.stderr
-    trained = load_file(run_dir / "model" / "model.safetensors")
-    texts = (r["text"] for r in demo_rows("train"))
-    _, initial = builtin.build("builtin:tiny-bert", texts, AutoModelForSequenceClassification, {"num_labels": 2}, seed=42)
-    initial = initial.state_dict()
-    body = [k for k in trained if k.startswith("bert.")]
-    head = [k for k in trained if k.startswith("classifier.")]
-    assert body and head
-    assert all(trained[k].equal(initial[k]) for k in body)
-    assert not all(trained[k].equal(initial[k]) for k in head)
-
-
 def test_streaming_trains_from_an_iterable_dataset(tmp_path):
     cfg = tiny_config(str(tmp_path / "out"))
     cfg["data"].update(streaming=True, label_names=["negative", "positive"])
