@@ -141,6 +141,15 @@ def bucket(s3_server) -> str:
     return name
 
 
+@pytest.fixture
+def no_env(monkeypatch):
+    """No FINETUNE_* variable of the shell reaches a config loaded in this process; set them on it."""
+    for name in list(os.environ):
+        if name.startswith("FINETUNE_"):
+            monkeypatch.delenv(name)
+    return monkeypatch
+
+
 def base_env(**extra: str) -> dict[str, str]:
     """A clean environment for the CLI: offline Hub, no stray FINETUNE_* or AWS_* variables."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FINETUNE_", "AWS_"))}

@@ -9,16 +9,6 @@ from job import config
 from job.errors import ConfigError
 
 
-@pytest.fixture
-def no_env(monkeypatch):
-    import os
-
-    for name in list(os.environ):
-        if name.startswith("FINETUNE_"):
-            monkeypatch.delenv(name)
-    return monkeypatch
-
-
 def _file(tmp_path, **sections):
     base = {"data": {"dataset": "builtin:sentiment-demo"}}
     for key, value in sections.items():

@@ -17,16 +17,6 @@ from job.errors import ConfigError
 CONFIG, DATA, MODEL = 3, 4, 5
 
 
-@pytest.fixture
-def no_env(monkeypatch):
-    import os
-
-    for name in list(os.environ):
-        if name.startswith("FINETUNE_"):
-            monkeypatch.delenv(name)
-    return monkeypatch
-
-
 def _one_error_line(proc, code: int, text: str) -> None:
     assert proc.returncode == code, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if " ERROR " in line]
