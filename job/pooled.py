@@ -30,7 +30,6 @@ from transformers.configuration_utils import SubConfigSpec
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 MODEL_TYPE = "finetune-job-pooled"
-POOLINGS = ("mean", "cls")
 
 
 @strict
