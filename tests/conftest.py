@@ -70,6 +70,13 @@ def _side_ports(s3_port: int) -> list[str]:
     return [f"-{name}.port={s3_port + i}" for i, name in enumerate(names, start=1)]
 
 
+# Every bucket is a SeaweedFS collection with volumes of its own. Left to itself, weed mini sizes
+# volumes from the disk's capacity (up to 1 GiB) and allows only free space / volume size of them:
+# 52 on a disk with 55 GB free, fewer than the suite's buckets. Small volumes (sparse files, not
+# preallocated) and an explicit count make the suite independent of the machine's free disk.
+VOLUMES = ("-master.volumeSizeLimitMB=64", "-volume.max=2000")
+
+
 def _weed() -> str:
     found = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
     if not Path(found).exists():
@@ -96,7 +103,7 @@ def start_s3(base: Path, port: int, ip: str = "127.0.0.1") -> tuple[S3Server, su
         proc = subprocess.Popen(
             [_weed(), "mini", f"-dir={base / 'data'}", f"-ip={ip}", f"-ip.bind={ip}",
              f"-s3.port={port}", f"-s3.config={base / 's3.json'}", *_side_ports(port),
-             "-master.telemetry=false", "-s3.port.iceberg=0", "-s3.port.lance=0"],
+             "-master.telemetry=false", "-s3.port.iceberg=0", "-s3.port.lance=0", *VOLUMES],
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -53,11 +53,12 @@ def _outcome(client, bucket: str, run_id: str) -> dict:
 
 
 class _Close(float):
-    """A metric compared to 1e-8 relative: train_loss of a resumed run is summed in another order
-    (2e-9 apart after 10 epochs of a head-only run); every other metric comes out equal."""
+    """A metric compared to 1e-6 relative: train_loss is a float32 sum that a resumed run adds up in
+    another order (1.6e-8 relative apart after 10 epochs of a head-only run, a few float32 epsilons);
+    every other metric comes out equal, and the model's bytes are compared exactly."""
 
     def __eq__(self, other) -> bool:
-        return isinstance(other, float) and math.isclose(self, other, rel_tol=1e-8, abs_tol=1e-12)
+        return isinstance(other, float) and math.isclose(self, other, rel_tol=1e-6, abs_tol=1e-12)
 
     __hash__ = float.__hash__
 
