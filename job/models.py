@@ -81,14 +81,11 @@ def load(cfg: JobConfig, task, spec, train_split, work_dir: Path):
         from job import lora
 
         model = lora.wrap(model, cfg.lora, task)
-    counts = parameter_counts(model, cfg)
-    log.info("model: model.train %s trains %d of %d parameters (%.2f%%)", cfg.model.train,
-             counts["trainable_parameters"], counts["total_parameters"], 100 * counts["trainable_share"])
     return tokenizer, model
 
 
 def parameter_counts(model, cfg: JobConfig) -> dict:
-    """The mode and how many parameters it trains, for the log, metrics.json and the report.
+    """The mode and how many parameters it trains, for metrics.json and the report; logged here.
     Counted by tensor identity, so weights shared between layers (tied embeddings) count once."""
     unique = {id(p): p for p in model.parameters()}.values()
     total = sum(p.numel() for p in unique)
@@ -97,8 +94,10 @@ def parameter_counts(model, cfg: JobConfig) -> dict:
         from job import lora
 
         total -= lora.adapter_parameters(model)  # the model's own size, as for the other modes
+    share = round(trainable / total, 6) if total else 0.0
+    log.info("model: model.train %s trains %d of %d parameters (%.2f%%)", cfg.model.train, trainable, total, 100 * share)
     return {"train_mode": cfg.model.train, "trainable_parameters": trainable, "total_parameters": total,
-            "trainable_share": round(trainable / total, 6) if total else 0.0}
+            "trainable_share": share}
 
 
 def resolve(cfg: JobConfig, work_dir: Path) -> str:

@@ -52,13 +52,6 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
 
 
-def hidden_size(body_config) -> int:
-    for name in ("hidden_size", "d_model", "dim", "n_embd"):
-        if isinstance(getattr(body_config, name, None), int):
-            return getattr(body_config, name)
-    raise ValueError(f"cannot tell the hidden size of a {body_config.model_type} model")
-
-
 class PooledHead(nn.Module):
     """Dropout and one linear layer over pooled vectors, with the loss transformers' classifiers use
     for the config's problem_type. Trained alone on cached vectors (`features`), or inside the model."""
@@ -90,7 +83,8 @@ class PooledTextClassifier(PreTrainedModel):
     def __init__(self, config: PooledClassifierConfig):
         super().__init__(config)
         self.body = AutoModel.from_config(config.body)
-        self.head = PooledHead(hidden_size(config.body), config.num_labels, config.problem_type, config.classifier_dropout)
+        # hidden_size: transformers maps it to each family's own name (DistilBERT's dim, T5's d_model)
+        self.head = PooledHead(config.body.hidden_size, config.num_labels, config.problem_type, config.classifier_dropout)
         self.post_init()
 
     @classmethod

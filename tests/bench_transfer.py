@@ -29,7 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_padding import run_job  # noqa: E402
-from conftest import SHARED, base_env, rotten_tomatoes_splits, write_jsonl, write_yaml  # noqa: E402
+from conftest import SHARED, base_env, write_yaml  # noqa: E402
+from rotten_tomatoes import write  # noqa: E402
 
 
 MODEL = SHARED / "models" / "all-MiniLM-L6-v2"
@@ -48,15 +49,6 @@ def config_for(mode: str, files: dict, out: Path, max_length: int) -> dict:
         "promotion": {"mode": "never"},  # no row pays for scoring another row's model as its champion
         "training": {"per_device_train_batch_size": 32, "per_device_eval_batch_size": 128, **ROWS[mode]},
     }
-
-
-def write_data(folder: Path, train_rows: int | None) -> dict:
-    files = {}
-    for split, rows in rotten_tomatoes_splits().items():
-        if split == "train" and train_rows:
-            rows = rows[: train_rows // 2] + rows[-(train_rows - train_rows // 2):]  # both labels
-        files[f"{split}_files"] = str(write_jsonl(folder / f"{split}.jsonl", rows))
-    return files
 
 
 def measure(mode: str, files: dict, folder: Path, max_length: int) -> dict:
@@ -90,7 +82,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="finetune-bench-transfer-") as tmp:
         folder = Path(tmp)
-        files = write_data(folder, args.train_rows)
+        files = {f"{split}_files": str(path) for split, path in write(folder, {"train": args.train_rows}).items()}
         for mode in args.modes:
             rows.append(measure(mode, files, folder, args.max_length))
             print(f"{mode}: {rows[-1]['wall_s']:.1f} s, test accuracy {rows[-1]['test_accuracy']:.4f}", file=sys.stderr)

@@ -19,9 +19,17 @@ from conftest import rotten_tomatoes_splits, write_jsonl  # noqa: E402
 FOLDER = Path("/tmp/rotten_tomatoes")
 
 
-def write(folder: Path = FOLDER) -> dict[str, Path]:
+def write(folder: Path = FOLDER, sizes: dict[str, int] | None = None) -> dict[str, Path]:
+    """FOLDER/<split>.jsonl for each split; `sizes` keeps that many rows of a split, half of each label
+    (a split lists its positive rows first, so a subset takes rows from both ends)."""
     folder.mkdir(parents=True, exist_ok=True)
-    return {split: write_jsonl(folder / f"{split}.jsonl", rows) for split, rows in rotten_tomatoes_splits().items()}
+    paths = {}
+    for split, rows in rotten_tomatoes_splits().items():
+        if (sizes or {}).get(split):
+            n = sizes[split]
+            rows = rows[: n // 2] + rows[len(rows) - (n - n // 2):]
+        paths[split] = write_jsonl(folder / f"{split}.jsonl", rows)
+    return paths
 
 
 if __name__ == "__main__":

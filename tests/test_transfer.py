@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (
-    DEMO, ROOT, SHARED, base_env, read_jsonl, rotten_tomatoes_splits, run_cli, tiny_config, write_jsonl, write_yaml,
-)
+import rotten_tomatoes
+from conftest import DEMO, ROOT, SHARED, base_env, read_jsonl, run_cli, tiny_config, write_jsonl, write_yaml
 from job import config
 from job.errors import ConfigError
 
@@ -196,12 +195,8 @@ def test_two_workers_resume_exactly_and_the_gate_scores_the_champion(mode, s3_se
 
 def _minilm_config(tmp_path: Path, output: str, train_rows: int, held_out: tuple[int, int] = (200, 300), **training) -> dict:
     """`train_rows` training rows and `held_out` (validation, test) rows of the rotten_tomatoes rebuild."""
-    splits = rotten_tomatoes_splits()
-    # Both labels in every subset: the splits list positive rows first, so take from both ends.
-    files = {}
-    for split, rows in splits.items():
-        n = {"train": train_rows, "validation": held_out[0], "test": held_out[1]}[split] // 2
-        files[f"{split}_files"] = str(write_jsonl(tmp_path / f"{split}.jsonl", rows[:n] + rows[-n:]))
+    sizes = {"train": train_rows, "validation": held_out[0], "test": held_out[1]}
+    files = {f"{split}_files": str(path) for split, path in rotten_tomatoes.write(tmp_path, sizes).items()}
     # What `finetune-job predict` reads: the test texts (its labels would be ids, which predict does not map).
     write_jsonl(tmp_path / "texts.jsonl", [{"text": row["text"]} for row in read_jsonl(tmp_path / "test.jsonl")])
     return {
