@@ -1,5 +1,5 @@
 """`python -m job` is `finetune-job`."""
 
-from job.cli import main
+from job.cli.root import main
 
 main()

@@ -70,3 +70,11 @@ class Interrupted(JobError):
 
     exit_code = EXIT_INTERRUPTED
     kind = "interrupted"
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """What an error line quotes of an exception: its message's first line, cut at `limit`, or the
+    exception's class name when the message is empty (`str(exc).splitlines()[0]` raised IndexError
+    there, exit 1 instead of the error's own code)."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__

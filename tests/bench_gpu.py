@@ -17,15 +17,15 @@ The texts are repeated to fill the run.
 
 Rows: `plain Trainer` is what a script without the job does: TrainingArguments' defaults (fp32, no
 TF32, the fused AdamW transformers 5 picks, sdpa attention) and every row padded to 128 tokens (for
-causal-lm: a caption per row). `job defaults` runs the job's own recipe (job/run.py's steps): bf16 and
+causal-lm: a caption per row). `job defaults` runs the job's own recipe (job/recipes/run.py's steps): bf16 and
 TF32 where the GPU has them, pinned memory, dynamic padding with length-grouped batches, causal-lm
 documents packed. Every other row is the job's defaults with one setting changed.
 
-Columns: tokens/s counts non-padding input tokens (job/throughput.py counts them from each batch);
+Columns: tokens/s counts non-padding input tokens (job/training/throughput.py counts them from each batch);
 samples/s counts sequences (rows; packed documents count one each); peak memory is
 torch.cuda.max_memory_allocated (peak RSS of the variant's process on CPU); MFU is model FLOPs per
 token (PaLM's 6N + 12LHQT, T the mean sequence length measured) x tokens/s / the device's dense bf16
-peak (job/throughput.py: formula, peak table and sources). Ratios are against the `plain Trainer` row
+peak (job/training/throughput.py: formula, peak table and sources). Ratios are against the `plain Trainer` row
 (x plain) and the `job defaults` row (x job) of the same workload in this same invocation. Each
 variant runs in its own process (TF32 and compile caches are process-wide), timed over --steps
 optimizer steps after --warmup steps, with the GPU synchronised at both ends.
@@ -168,7 +168,7 @@ def _timer(trainer, warmup: int):
 
 
 def _job_trainer(workload: str, prepared: dict, changes: dict, args, folder: Path):
-    """The job's recipe (job/run.py, steps 1-4) on this workload, with `changes` over its config."""
+    """The job's recipe (job/recipes/run.py, steps 1-4) on this workload, with `changes` over its config."""
     import yaml
 
     raw = {
@@ -185,14 +185,15 @@ def _job_trainer(workload: str, prepared: dict, changes: dict, args, folder: Pat
         raw.setdefault(section, {}).update(values)
     path = folder / "job.yaml"
     path.write_text(yaml.safe_dump(raw))
-    from job import config, training
+    from job import training
+    from job.cli import config_loader
 
-    cfg = config.load(str(path), use_env=False)
+    cfg = config_loader.load(str(path), use_env=False)
     return job_recipe(cfg, folder, pad_to_multiple_of=8 if training.on_gpu() else None)[0]
 
 
 def job_recipe(cfg, folder: Path, pad_to_multiple_of: int | None = None):
-    """job/run.py's steps 1-4 in this process, up to a Trainer ready to train: (trainer, features, spec).
+    """job/recipes/run.py's steps 1-4 in this process, up to a Trainer ready to train: (trainer, features, spec).
     The benchmarks and tests/test_throughput.py measure what it builds."""
     from job import data, models, tasks, training
 
@@ -215,7 +216,7 @@ def _plain_trainer(workload: str, prepared: dict, args, folder: Path):
     from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
                               DataCollatorForLanguageModeling, Trainer, TrainingArguments, default_data_collator)
 
-    from job import throughput
+    from job.training import throughput
 
     tokenizer = AutoTokenizer.from_pretrained(prepared["model"])
     needed = args.batch_size * (args.warmup + args.steps)  # no more than it trains on: padding them all costs time
@@ -239,7 +240,7 @@ def run_variant(workload: str, variant: str, prepared: dict, args) -> dict:
     import torch
     from transformers import set_seed
 
-    from job import throughput
+    from job.training import throughput
 
     set_seed(0)
     if torch.cuda.is_available():
@@ -302,7 +303,7 @@ def print_table(results: dict, prepared: dict, args, gpu: bool, skipped: list[st
     import torch
     import transformers
 
-    from job import throughput
+    from job.training import throughput
 
     if gpu:
         name = torch.cuda.get_device_name()

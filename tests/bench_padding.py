@@ -7,7 +7,7 @@ and for causal-lm, packed documents against blocks cut across documents.
 Each variant is one real `finetune-job run` in its own process (builtin tiny BERT, same seed, same data),
 so wall time and peak RSS are the whole job's. Train samples/s and tokens/s come from the run's
 metrics.json. The share of padded tokens is counted over one epoch of the training batches the job's
-own data loader yields for that config (job/throughput.py's count of real tokens). Ratios are against
+own data loader yields for that config (job/training/throughput.py's count of real tokens). Ratios are against
 the first row of the table, measured in the same invocation.
 
 The causal-lm table trains builtin:tiny-gpt on 5000 of Multi30k's English captions (a document each)
@@ -101,7 +101,7 @@ def run_job(config: Path, run_id: str, cwd: Path) -> tuple[float, int]:
 def padded_share(config: Path) -> float:
     """Share of padding in one epoch of the training batches the job would feed the model."""
     from job import config as config_module
-    from job import throughput
+    from job.training import throughput
 
     cfg = config_module.load(str(config), use_env=False)
     with tempfile.TemporaryDirectory() as work:

@@ -14,7 +14,10 @@ import os
 import pytest
 
 from conftest import base_env, run_cli
-from job import champion, promotion, retention, storage
+from job import storage
+from job.retraining import champion
+from job.retraining import promotion
+from job.retraining import retention
 from job.config import JobConfig, PromotionConfig, RetentionConfig, S3Config
 from job.errors import StorageError
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from conftest import base_env
-from job.cli import COMMANDS
+from job.cli.root import COMMANDS
 
 HEAVY = ("torch", "transformers", "datasets", "boto3", "botocore", "sklearn", "s3fs", "accelerate")
 
@@ -20,7 +20,7 @@ def _python(code: str) -> subprocess.CompletedProcess:
 def test_help_imports_no_heavy_library():
     code = (
         "import sys\n"
-        "from job.cli import main\n"
+        "from job.cli.root import main\n"
         "sys.argv = ['finetune-job', '--help']\n"
         "try:\n    main()\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
         f"heavy = [m for m in {HEAVY!r} if m in sys.modules]\n"
@@ -35,7 +35,7 @@ def test_help_imports_no_heavy_library():
 def test_every_subcommand_has_help_without_heavy_imports(command):
     code = (
         "import sys\n"
-        "from job.cli import main\n"
+        "from job.cli.root import main\n"
         f"sys.argv = ['finetune-job', {command!r}, '--help']\n"
         "try:\n    main()\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
         f"print('HEAVY', [m for m in {HEAVY!r} if m in sys.modules])\n"

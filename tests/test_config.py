@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from conftest import base_env, run_cli, write_yaml
-from job import config
+from job.cli import config_loader
+from job.config import redacted
 from job.errors import ConfigError
 
 
@@ -24,7 +25,7 @@ def test_precedence_defaults_file_env_cli(tmp_path, no_env):
     path = _file(tmp_path, training={"learning_rate": 0.1, "num_train_epochs": 2}, model={"train": "head"})
     no_env.setenv("FINETUNE_TRAINING__LEARNING_RATE", "0.2")
     no_env.setenv("FINETUNE_TRAINING__SEED", "7")
-    cfg = config.load(path, ("training.learning_rate=0.3",))
+    cfg = config_loader.load(path, ("training.learning_rate=0.3",))
     assert cfg.training["learning_rate"] == 0.3  # --set beats env beats file
     assert cfg.training["num_train_epochs"] == 2  # file beats default
     assert cfg.training["seed"] == 7 and cfg.seed == 7  # env, typed as int
@@ -40,14 +41,14 @@ def test_env_mapping_keeps_single_underscores_in_key_names(tmp_path, no_env):
     no_env.setenv("FINETUNE_DATA__MAX_TRAIN_SAMPLES", "12")
     no_env.setenv("FINETUNE_RUN_ID", "20240101")  # looks like a number; run_id is a string
     no_env.setenv("FINETUNE_OUTPUT__URI", "s3://bucket/runs")
-    cfg = config.load(_file(tmp_path))
+    cfg = config_loader.load(_file(tmp_path))
     assert cfg.data.max_train_samples == 12
     assert cfg.run_id == "20240101"
     assert cfg.output.uri == "s3://bucket/runs"
 
 
 def test_task_shorthand_and_list_values(tmp_path, no_env):
-    cfg = config.load(_file(tmp_path, task="text-classification"), ("data.label_names=[neg, pos]",))
+    cfg = config_loader.load(_file(tmp_path, task="text-classification"), ("data.label_names=[neg, pos]",))
     assert cfg.task.name == "text-classification"
     assert cfg.data.label_names == ["neg", "pos"]
 
@@ -68,7 +69,7 @@ def test_task_shorthand_and_list_values(tmp_path, no_env):
 )
 def test_bad_overrides_are_one_clear_error(tmp_path, no_env, sets, where, message):
     with pytest.raises(ConfigError) as err:
-        config.load(_file(tmp_path), sets)
+        config_loader.load(_file(tmp_path), sets)
     text = err.value.format_message()
     assert text.startswith(f"config error: {where}"), text
     assert message in text, text
@@ -77,17 +78,17 @@ def test_bad_overrides_are_one_clear_error(tmp_path, no_env, sets, where, messag
 
 def test_streaming_needs_max_steps(tmp_path, no_env):
     with pytest.raises(ConfigError, match="set training.max_steps"):
-        config.load(_file(tmp_path, data={"streaming": True}))
-    cfg = config.load(_file(tmp_path, data={"streaming": True}, training={"max_steps": 5}))
+        config_loader.load(_file(tmp_path, data={"streaming": True}))
+    cfg = config_loader.load(_file(tmp_path, data={"streaming": True}, training={"max_steps": 5}))
     assert cfg.data.streaming
 
 
 def test_secrets_are_redacted_in_describe_and_yaml(tmp_path, no_env):
-    cfg = config.load(_file(tmp_path, training={"hub_token": "hf_supersecretvalue123"}))
+    cfg = config_loader.load(_file(tmp_path, training={"hub_token": "hf_supersecretvalue123"}))
     assert cfg.training["hub_token"] == "hf_supersecretvalue123"  # the run still gets it
-    assert "hf_supersecretvalue123" not in config.describe(cfg)
-    assert "hf_supersecretvalue123" not in config.dump_yaml(cfg)
-    assert "training.hub_token" in config.describe(cfg) and "***" in config.describe(cfg)
+    assert "hf_supersecretvalue123" not in redacted.describe_sources(cfg)
+    assert "hf_supersecretvalue123" not in redacted.dump_yaml(cfg)
+    assert "training.hub_token" in redacted.describe_sources(cfg) and "***" in redacted.describe_sources(cfg)
 
 
 def test_config_command_prints_values_and_sources(tmp_path):

@@ -16,7 +16,8 @@ import pytest
 
 from conftest import base_env, run_cli
 from faultproxy import FAULTS, FaultProxy
-from job import champion, storage
+from job import storage
+from job.retraining import champion
 from job.config import S3Config
 from job.errors import StorageError
 

@@ -28,10 +28,10 @@ def _captions(count: int) -> list[str]:
 
 
 def _cfg(tmp_path, **task):
-    from job import config
+    from job.cli import config_loader
 
     path = write_yaml(tmp_path / "lm.yaml", {"task": {"name": "causal-lm", **task}, "data": {"train_files": "x.txt", "max_length": 48}})
-    return config.load(str(path), use_env=False)
+    return config_loader.load(str(path), use_env=False)
 
 
 def _model(architecture: str, attention: str, vocabulary: int):
@@ -53,7 +53,8 @@ def _packed_features(tmp_path, packing: str, texts: list[str]):
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
 
-    from job import builtin, tasks
+    from job import tasks
+    from job.models import builtin
     from job.data import ROW_ID
 
     task = tasks.get("causal-lm")
@@ -150,7 +151,7 @@ def test_no_token_attends_across_a_document_boundary(tmp_path, architecture, att
 
 
 def test_padded_rows_and_flat_rows_count_exactly_their_real_tokens(tmp_path):
-    from job import throughput
+    from job.training import throughput
 
     tokenizer, blocks, collate = _packed_features(tmp_path, "rows", _captions(60))
     features = [blocks[i] for i in range(len(blocks))][:5]

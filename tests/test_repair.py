@@ -1,5 +1,5 @@
 """What a rerun of a finished run id does with a promotion that a failure after `_SUCCESS` left
-undone (job/promotion.py: settle), on hand-made runs in both kinds of store. The same end to end, with
+undone (job/retraining/promotion.py: settle), on hand-made runs in both kinds of store. The same end to end, with
 real training and a real failure, is in tests/test_faults_runs.py."""
 
 from __future__ import annotations
@@ -7,7 +7,9 @@ from __future__ import annotations
 import hashlib
 import json
 
-from job import champion, promotion, storage
+from job import storage
+from job.retraining import champion
+from job.retraining import promotion
 from test_champion import store  # noqa: F401 - the same fixture: a bucket prefix, or a local directory
 
 

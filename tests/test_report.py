@@ -56,7 +56,7 @@ def test_plots_the_task_cannot_draw_are_named_not_dropped(tmp_path):
     """A run without labels or a loss history still gets a page, which says what is missing."""
     from datasets import Dataset
 
-    from job import report
+    from job.recipes import report
     from job.config import JobConfig
 
     split = Dataset.from_dict({"text": ["a b", "c d e"], "label": ["x", "y"]})

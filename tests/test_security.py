@@ -18,7 +18,10 @@ import pytest
 
 from conftest import DEMO, SHARED, base_env, run_cli, tiny_config, write_yaml
 from faultproxy import FaultProxy
-from job import config, log, storage, workdir
+from job import storage
+from job.cli import config_loader
+from job.cli import logs
+from job.storage import workdir
 from job.config import S3Config
 from job.errors import ConfigError, StorageError
 
@@ -72,9 +75,9 @@ def test_a_key_that_escapes_the_download_folder_is_refused(s3_server, bucket, ho
     elif path == "checkpoint resume":
         cfg["output"]["uri"] = f"s3://{bucket}/runs"
         path_yaml = write_yaml(tmp_path / "job.yaml", cfg)
-        from job import run
+        from job.recipes import run
 
-        sha = run.config_fingerprint(config.load(str(path_yaml), use_env=False))
+        sha = run.config_fingerprint(config_loader.load(str(path_yaml), use_env=False))
         state = {"path": "trainer_state.json", "size": 2, "sha256": hashlib.sha256(b"{}").hexdigest()}
         client.put_object(Bucket=bucket, Key="runs/victim/checkpoints/checkpoint-5/trainer_state.json", Body=b"{}")
         client.put_object(Bucket=bucket, Key="runs/victim/checkpoints/checkpoint-5/_SUCCESS",
@@ -195,7 +198,7 @@ def test_url_passwords_reach_no_file_and_no_log(tmp_path):
 
 
 def test_the_scrubber_replaces_whole_values_only():
-    handler = log._RedactingHandler(io.StringIO())
+    handler = logs._RedactingHandler(io.StringIO())
     handler.set_secrets(["test", "AKIAWHOLEVALUE00001", "aws/Secret+Value0123456789=", "hf_TokenValue123456"])
     assert handler.scrub("test_f1 0.8 (train=480, test=60)") == "test_f1 0.8 (train=480, test=60)"  # too short to be one
     assert handler.scrub("Credential=AKIAWHOLEVALUE00001/20260101") == "Credential=***/20260101"
@@ -219,7 +222,7 @@ def test_library_warnings_keep_their_line_and_lose_their_traceback():
     records = []
     for debug in (False, True):
         stream = io.StringIO()
-        handler = log._RedactingHandler(stream, debug)
+        handler = logs._RedactingHandler(stream, debug)
         try:
             raise ValueError("headers cut")
         except ValueError:
@@ -237,7 +240,7 @@ def test_library_warnings_keep_their_line_and_lose_their_traceback():
 def test_no_process_wide_umask_change(tmp_path, monkeypatch):
     umask = os.umask(0o027)
     os.umask(umask)
-    assert storage._read_umask() == umask
+    assert storage.stores._read_umask() == umask
 
     def forbidden(mask):
         raise AssertionError("os.umask changes the mode of files every thread creates")
@@ -246,7 +249,7 @@ def test_no_process_wide_umask_change(tmp_path, monkeypatch):
     store = storage.open_store(str(tmp_path / "out"), S3Config())
     store.put_bytes(b"x", "a/b.json")
     store.put_if(b"y", "c.json", None)
-    assert stat.S_IMODE((tmp_path / "out" / "a" / "b.json").stat().st_mode) == 0o666 & ~storage._UMASK
+    assert stat.S_IMODE((tmp_path / "out" / "a" / "b.json").stat().st_mode) == 0o666 & ~storage.stores._UMASK
 
 
 @pytest.mark.parametrize("run_id", ["abc\n", "abc\nrm -rf", "../escape", "a" * 129])
@@ -254,7 +257,7 @@ def test_a_run_id_must_match_whole(tmp_path, run_id):
     path = tmp_path / "job.yaml"
     path.write_text(f"run_id: {json.dumps(run_id)}\n")
     with pytest.raises(ConfigError, match="run_id .*: use 1-128 letters"):
-        config.load(str(path), use_env=False)
+        config_loader.load(str(path), use_env=False)
 
 
 # ---------------------------------------------------------------------------------------------- remote code
@@ -285,13 +288,14 @@ def _model_with_code(folder: Path) -> Path:
 
 
 def test_trust_remote_code_applies_to_the_named_model_only(tmp_path, monkeypatch):
-    from job import models, promotion, tasks
+    from job import models, tasks
+    from job.retraining import promotion
 
     marker = tmp_path / "ran"
     monkeypatch.setenv("REMOTE_CODE_MARKER", str(marker))
     monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "modules"))
     folder = _model_with_code(tmp_path / "champion-model")
-    cfg = config.load(str(write_yaml(tmp_path / "job.yaml", {"model": {"name": str(folder), "trust_remote_code": True},
+    cfg = config_loader.load(str(write_yaml(tmp_path / "job.yaml", {"model": {"name": str(folder), "trust_remote_code": True},
                                                                "data": {"dataset": "builtin:sentiment-demo"}})), use_env=False)
     task = tasks.get("text-classification")
     spec = type("Spec", (), {})()
@@ -301,5 +305,5 @@ def test_trust_remote_code_applies_to_the_named_model_only(tmp_path, monkeypatch
     _, model = promotion._load(folder, cfg, task, spec, "champ")
     assert type(model).__name__ == "BertForSequenceClassification" and not marker.exists()
     # The model the config names, with trust_remote_code: its code runs (so the check above can fail).
-    _, model = models._from_pretrained(str(folder), cfg, models.model_class(task), {}, tmp_path)
+    _, model = models.loading._from_pretrained(str(folder), cfg, models.model_class(task), {}, tmp_path)
     assert type(model).__name__ == "CustomModel" and marker.read_text() == "ran"

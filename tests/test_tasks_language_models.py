@@ -18,9 +18,9 @@ needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared is not 
 
 
 def _cfg(tmp_path, task, **data):
-    from job import config
+    from job.cli import config_loader
 
-    return config.load(str(write_yaml(tmp_path / "lm.yaml", {"task": task, "data": {"train_files": "x.txt", **data}})), use_env=False)
+    return config_loader.load(str(write_yaml(tmp_path / "lm.yaml", {"task": task, "data": {"train_files": "x.txt", **data}})), use_env=False)
 
 
 def _splits(rows_by_split: dict):
@@ -32,7 +32,8 @@ def _splits(rows_by_split: dict):
 
 
 def test_training_text_is_cut_into_blocks_and_test_rows_stay_rows(tmp_path):
-    from job import builtin, tasks
+    from job import tasks
+    from job.models import builtin
     from transformers import AutoModelForCausalLM
 
     task = tasks.get("causal-lm")
@@ -74,7 +75,7 @@ def test_gguf_stories260k_loads_as_a_trainable_pretrained_llama(tmp_path):
     from transformers import AutoModelForCausalLM
     import torch
 
-    from job import gguf
+    from job.models import gguf
 
     tokenizer, model = gguf.load(str(STORIES), AutoModelForCausalLM, {}, {}, tmp_path)
     assert type(model).__name__ == "LlamaForCausalLM" and model.num_parameters() == 292_800
@@ -189,7 +190,8 @@ def test_permutation_collator_pads_to_an_even_length_with_an_attention_mask(tmp_
     import torch
     from transformers import XLNetLMHeadModel
 
-    from job import builtin, tasks
+    from job import tasks
+    from job.models import builtin
 
     task = tasks.get("permutation-lm")
     texts = ["one two three", "four five six seven eight nine ten", "eleven"]

@@ -1,4 +1,4 @@
-"""Tokens per second and MFU (job/throughput.py), and the attention kernel setting."""
+"""Tokens per second and MFU (job/training/throughput.py), and the attention kernel setting."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ from conftest import DEMO, write_yaml
 
 
 def _cfg(tmp_path, raw: dict):
-    from job import config
+    from job.cli import config_loader
 
-    return config.load(str(write_yaml(tmp_path / "job.yaml", raw)), use_env=False)
+    return config_loader.load(str(write_yaml(tmp_path / "job.yaml", raw)), use_env=False)
 
 
 def test_flops_per_token_is_palms_6n_plus_12lhqt_on_gpt2_small():
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from job import throughput
+    from job.training import throughput
 
     model = GPT2LMHeadModel(GPT2Config())  # GPT-2 small: 12 layers, 12 heads, 768 wide, 50257 tokens
     per_layer = 768 * 2304 + 768 * 768 + 768 * 3072 + 3072 * 768  # qkv, attention out, MLP in and out (Conv1D)
@@ -30,7 +30,7 @@ def test_flops_per_token_is_palms_6n_plus_12lhqt_on_gpt2_small():
 def test_encoder_decoders_get_no_flops_figure():
     from transformers import T5Config, T5ForConditionalGeneration
 
-    from job import throughput
+    from job.training import throughput
 
     model = T5ForConditionalGeneration(T5Config(d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2, vocab_size=50))
     assert throughput.flops_per_token(model, 10) is None
@@ -42,13 +42,13 @@ def test_encoder_decoders_get_no_flops_figure():
     ("NVIDIA L40", 181.0), ("NVIDIA A10", 125.0), ("NVIDIA A10G", None), ("Tesla V100-SXM2-16GB", None), ("Tesla T4", None),
 ])
 def test_dense_bf16_peaks_by_device_name(name, tflops):
-    from job import throughput
+    from job.training import throughput
 
     assert throughput.peak_bf16_tflops(name) == tflops
 
 
 def _train(tmp_path, raw: dict):
-    """The recipe of job/run.py up to training, in this process; returns (train metrics, train features, spec)."""
+    """The recipe of job/recipes/run.py up to training, in this process; returns (train metrics, train features, spec)."""
     from bench_gpu import job_recipe
 
     trainer, features, spec = job_recipe(_cfg(tmp_path, raw), tmp_path)

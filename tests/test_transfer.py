@@ -12,7 +12,7 @@ import pytest
 
 import rotten_tomatoes
 from conftest import DEMO, ROOT, SHARED, base_env, read_jsonl, run_cli, tiny_config, write_jsonl, write_yaml
-from job import config
+from job.cli import config_loader
 from job.errors import ConfigError
 
 MINILM = SHARED / "models" / "all-MiniLM-L6-v2"
@@ -48,7 +48,7 @@ def _same_predictions(a: list[dict], b: list[dict], tolerance: float = 1e-4) -> 
 
 def _load(tmp_path, *sets: str):
     path = write_yaml(tmp_path / "job.yaml", {"data": {"dataset": "builtin:sentiment-demo"}})
-    return config.load(str(path), sets, use_env=False)
+    return config_loader.load(str(path), sets, use_env=False)
 
 
 @pytest.mark.parametrize(
@@ -96,7 +96,7 @@ def test_head_only_publishes_the_frozen_body_and_a_head_that_predict_reproduces(
     from safetensors.torch import load_file
     from transformers import AutoModel
 
-    from job import builtin
+    from job.models import builtin
 
     proc, run_dir = _run(tmp_path, tiny_config(str(tmp_path / "out"), model={"train": "head"}), "head")
     assert "the frozen body read 600 rows" in proc.stderr  # 480 + 60 + 60: each row once, not once per epoch
@@ -130,7 +130,7 @@ def test_lora_trains_only_the_adapters_and_the_head_and_publishes_an_ordinary_mo
     from safetensors.torch import load_file
     from transformers import AutoModelForSequenceClassification
 
-    from job import builtin
+    from job.models import builtin
 
     cfg = tiny_config(str(tmp_path / "out"), model={"train": "lora"}, lora={"r": 4})
     proc, run_dir = _run(tmp_path, cfg, "lora")

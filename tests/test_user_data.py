@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from conftest import base_env, demo_rows, read_jsonl, run_cli, tiny_config, write_jsonl, write_yaml
-from job import config
+from job.cli import config_loader
+from job.config import redacted
 from job.errors import ConfigError
 
 CONFIG, DATA, MODEL = 3, 4, 5
@@ -31,21 +32,21 @@ def _one_error_line(proc, code: int, text: str) -> None:
 def test_numbers_as_users_write_them_in_every_layer(tmp_path, no_env, written, value):
     path = tmp_path / "job.yaml"
     path.write_text(f"data:\n  dataset: builtin:sentiment-demo\ntraining:\n  learning_rate: {written}\n")
-    assert config.load(str(path)).training["learning_rate"] == value
+    assert config_loader.load(str(path)).training["learning_rate"] == value
     no_env.setenv("FINETUNE_TRAINING__WARMUP_STEPS", written)
-    cfg = config.load(str(path), (f"training.adam_epsilon={written}",))
+    cfg = config_loader.load(str(path), (f"training.adam_epsilon={written}",))
     assert cfg.training["warmup_steps"] == value and cfg.training["adam_epsilon"] == value
-    assert config._parse_yaml("-" + written.lstrip("+")) == -value
+    assert config_loader._parse_yaml("-" + written.lstrip("+")) == -value
     assert type(cfg.training["learning_rate"]) is float  # a plain float, as yaml.safe_dump writes it
     import yaml
 
-    assert yaml.safe_load(config.dump_yaml(cfg))["training"]["learning_rate"] == value  # config.yaml reads back the same
+    assert yaml.safe_load(redacted.dump_yaml(cfg))["training"]["learning_rate"] == value  # config.yaml reads back the same
 
 
 def test_names_that_look_like_numbers_stay_names(tmp_path, no_env):
     path = tmp_path / "job.yaml"
     path.write_text("model:\n  name: builtin:tiny-bert\n  revision: 7e12345\ndata:\n  dataset: org/data\n  revision: 1.2.3\n  config_name: 1e3\n")
-    cfg = config.load(str(path))
+    cfg = config_loader.load(str(path))
     assert (cfg.model.revision, cfg.data.revision, cfg.data.config_name) == ("7e12345", "1.2.3", "1e3")
 
 
@@ -61,15 +62,15 @@ def test_the_readme_example_override_is_a_number():
 
 def test_the_demo_stays_out_of_a_config_with_data_of_its_own(tmp_path, no_env):
     mine = write_jsonl(tmp_path / "mine.jsonl", demo_rows("train"))
-    cfg = config.load(None, (f"data.train_files={mine}",))
+    cfg = config_loader.load(None, (f"data.train_files={mine}",))
     assert cfg.data.dataset is None and cfg.data.max_length is None  # no 'not both', no demo values
     assert "num_train_epochs" not in cfg.training and "learning_rate" not in cfg.training
     assert cfg.sources["data.train_files"] == "--set" and not any(s.startswith("demo") for s in cfg.sources.values())
-    demo = config.load(None, ("training.num_train_epochs=1",))
+    demo = config_loader.load(None, ("training.num_train_epochs=1",))
     assert demo.data.dataset == "builtin:sentiment-demo" and demo.sources["data.dataset"].startswith("demo ")
     assert demo.training["num_train_epochs"] == 1 and demo.sources["training.learning_rate"].startswith("demo ")
     with pytest.raises(ConfigError, match="no training data"):
-        config.load(None, ("model.name=bert-base-cased",))  # a model of one's own needs data of one's own
+        config_loader.load(None, ("model.name=bert-base-cased",))  # a model of one's own needs data of one's own
 
 
 @pytest.mark.parametrize("task, metric", [
@@ -110,10 +111,10 @@ def test_tsv_is_read_without_quotes_by_run_check_and_predict(tmp_path, no_env):
     tsv = tmp_path / "train.tsv"
     tsv.write_text(MRPC)
     sets = (f"data.train_files={tsv}", "data.text_column=#1 String", "data.text_pair_column=#2 String", "data.label_column=Quality")
-    cfg = config.load(None, sets)
+    cfg = config_loader.load(None, sets)
     whole = data.load_file(str(tsv), cfg)  # what predict reads
     assert len(whole) == 6 and whole[1]["#1 String"].startswith('"Yucaipa') and "\t" not in whole[1]["#2 String"]
-    cfg = config.load(None, sets + ("data.validation_size=0.2", "data.test_size=0.2"))
+    cfg = config_loader.load(None, sets + ("data.validation_size=0.2", "data.test_size=0.2"))
     assert sum(len(split) for split in data.load_splits(cfg).values()) == 6
     assert len(data.sample_splits(cfg)["train"]) == 6
 
@@ -132,7 +133,7 @@ def test_nested_columns_and_wrapped_json(tmp_path, no_env):
 
     pairs = [{"translation": {"en": f"the cat {i}", "ro": f"pisica {i}"}} for i in range(20)]
     nested = write_jsonl(tmp_path / "wmt.jsonl", pairs)
-    cfg = config.load(None, ("task=seq2seq", f"data.train_files={nested}", "data.text_column=translation.en", "data.label_column=translation.ro"))
+    cfg = config_loader.load(None, ("task=seq2seq", f"data.train_files={nested}", "data.text_column=translation.en", "data.label_column=translation.ro"))
     splits = data.load_splits(cfg)
     assert {"translation.en", "translation.ro"} <= set(splits["train"].column_names)
     read = [text for split in splits.values() for text in split["translation.en"]]
@@ -142,8 +143,8 @@ def test_nested_columns_and_wrapped_json(tmp_path, no_env):
     wrapped.write_text(json.dumps({"version": "1.1", "data": [{"text": f"row {i}", "label": i % 2} for i in range(20)]}))
     sets = (f"data.train_files={wrapped}",)
     with pytest.raises(Exception, match="data.field: data"):  # read unwrapped: one row whose column holds the rows
-        data.load_splits(config.load(None, sets))
-    cfg = config.load(None, sets + ("data.field=data",))
+        data.load_splits(config_loader.load(None, sets))
+    cfg = config_loader.load(None, sets + ("data.field=data",))
     assert sum(len(s) for s in data.load_splits(cfg).values()) == 20
     assert data.sample_splits(cfg)["train"].column_names[:2] == ["text", "label"]  # check reads what run reads
 
@@ -153,7 +154,7 @@ def test_conll_as_txt_is_hinted_and_conll_columns_follow_the_format(tmp_path, no
     conll.write_text("".join(f"EU\tB-ORG\nrejects\tO\nGerman\tB-MISC\ncall{i}\tO\n\n" for i in range(12)))
     proc = run_cli("check", "--set", "task=token-classification", "--set", f"data.train_files={conll}", env=base_env())
     _one_error_line(proc, CONFIG, "data.format: conll")
-    cfg = config.load(None, ("task=token-classification", f"data.train_files={conll}", "data.format=conll"))
+    cfg = config_loader.load(None, ("task=token-classification", f"data.train_files={conll}", "data.format=conll"))
     assert (cfg.data.text_column, cfg.data.label_column) == ("tokens", "tags")
     assert cfg.sources["data.text_column"] == "default for conll data"
     proc = run_cli("check", "--set", "task=token-classification", "--set", f"data.train_files={conll}", "--set", "data.format=conll",
@@ -189,12 +190,12 @@ def test_predict_takes_runs_column_options(tmp_path):
 
 
 def test_regression_promotes_on_its_error_and_lower_wins(tmp_path, no_env):
-    from job import promotion
+    from job.retraining import promotion
 
-    cfg = config.load(None, ("data.train_files=x.jsonl", "task.problem_type=regression"))
+    cfg = config_loader.load(None, ("data.train_files=x.jsonl", "task.problem_type=regression"))
     assert cfg.promotion.metric == "test_rmse" and promotion.lower_is_better("test_rmse")
     assert promotion.judge("auto", "test_rmse", 0.0, 0.4, 0.5, "old")[0]  # 0.4 beats 0.5
-    assert config.load(None, ("data.train_files=x.jsonl",)).promotion.metric == "test_f1"
+    assert config_loader.load(None, ("data.train_files=x.jsonl",)).promotion.metric == "test_f1"
 
 
 def test_binary_f1_is_on_the_positive_label_you_name(no_env):
@@ -208,17 +209,19 @@ def test_binary_f1_is_on_the_positive_label_you_name(no_env):
     splits = DatasetDict(train=split, validation=split, test=split)
     all_equivalent = EvalPrediction(predictions=np.array([[5.0, 0.0]] * 4), label_ids=np.array([0, 1, 0, 0]))
 
-    default = tc.inspect(splits, config.load(None, ("data.train_files=x.jsonl",)))
+    default = tc.inspect(splits, config_loader.load(None, ("data.train_files=x.jsonl",)))
     assert default.label_names == ["equivalent", "not_equivalent"] and default.positive == 1
     assert tc.compute_metrics(all_equivalent, default)["f1"] == 0.0  # measured on not_equivalent, never predicted
-    chosen = tc.inspect(splits, config.load(None, ("data.train_files=x.jsonl", "task.positive_label=equivalent")))
+    chosen = tc.inspect(splits, config_loader.load(None, ("data.train_files=x.jsonl", "task.positive_label=equivalent")))
     assert chosen.positive == 0 and tc.compute_metrics(all_equivalent, chosen)["f1"] == pytest.approx(6 / 7)
     with pytest.raises(ConfigError, match="task.positive_label: 'yes' is not one of the labels"):
-        tc.inspect(splits, config.load(None, ("data.train_files=x.jsonl", "task.positive_label=yes")))
+        tc.inspect(splits, config_loader.load(None, ("data.train_files=x.jsonl", "task.positive_label=yes")))
 
 
 def test_a_champion_of_another_task_is_kept_unscored(tmp_path, no_env):
-    from job import champion, promotion, storage
+    from job import storage
+    from job.retraining import champion
+    from job.retraining import promotion
     from job.config import S3Config
 
     store = storage.open_store(str(tmp_path / "runs"), S3Config())
@@ -229,7 +232,7 @@ def test_a_champion_of_another_task_is_kept_unscored(tmp_path, no_env):
     def never(run_id):
         raise AssertionError("a champion of another task must not be scored")
 
-    cfg = config.load(None, ("task=masked-lm", "data.train_files=x.txt"))
+    cfg = config_loader.load(None, ("task=masked-lm", "data.train_files=x.txt"))
     decision = promotion.Gate(cfg, store, "mlm", never).decide({"test_perplexity": 3.0})
     assert not decision.promote and "trained for causal-lm, this run for masked-lm" in decision.reason
     proc = run_cli("check", "--set", "task=masked-lm", "--set", f"output.uri={tmp_path / 'runs'}", env=base_env())
@@ -268,7 +271,7 @@ def test_training_values_that_cannot_work_are_config_errors_at_check(tmp_path, s
 
 
 def test_max_steps_makes_zero_epochs_irrelevant(no_env):
-    cfg = config.load(None, ("training.max_steps=5", "training.num_train_epochs=0"))
+    cfg = config_loader.load(None, ("training.max_steps=5", "training.num_train_epochs=0"))
     assert cfg.training["max_steps"] == 5
 
 
@@ -303,5 +306,5 @@ def test_the_last_epochs_evaluation_is_the_final_one(tmp_path):
 def test_seq2seq_generates_validation_once_by_default(no_env):
     from job import tasks
 
-    cfg = config.load(None, ("task=seq2seq",))
+    cfg = config_loader.load(None, ("task=seq2seq",))
     assert tasks.get("seq2seq").training_defaults(cfg)["eval_strategy"] == "no"

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from conftest import base_env, run_cli, tiny_config, write_yaml
-from job import windows
+from job.config import dated_paths
 from job.config import JobConfig, ScheduleConfig
 from job.errors import ConfigError, DataError
 
@@ -26,7 +26,7 @@ def _expand(pattern: str, existing: set[str], date: str | None = "2026-01-07") -
         asked.append(concrete)
         return [concrete] if concrete in existing else []
 
-    return windows.expand(pattern, "data.train_files", _cfg(date), match), asked
+    return dated_paths.expand(pattern, "data.train_files", _cfg(date), match), asked
 
 
 def test_single_days_offsets_and_formats_resolve_from_the_scheduled_date():
@@ -44,7 +44,7 @@ def test_single_days_offsets_and_formats_resolve_from_the_scheduled_date():
 
 def test_a_window_expands_one_path_per_day_and_skips_empty_days(caplog):
     existing = {"e/dt=2026-01-05/p.jsonl", "e/dt=2026-01-07/p.jsonl"}
-    with caplog.at_level(logging.INFO, logger="job.windows"):
+    with caplog.at_level(logging.INFO, logger="job.config.dated_paths"):
         found, asked = _expand("e/dt={date-2d..date}/p.jsonl", existing)
     assert asked == ["e/dt=2026-01-05/p.jsonl", "e/dt=2026-01-06/p.jsonl", "e/dt=2026-01-07/p.jsonl"]
     assert found == ["e/dt=2026-01-05/p.jsonl", "e/dt=2026-01-07/p.jsonl"]
@@ -66,7 +66,7 @@ def test_an_empty_window_is_a_data_error_naming_the_days():
 
 
 def test_without_schedule_date_the_run_date_is_today_in_utc():
-    today = windows._today()  # read once per process, so a run crossing midnight keeps its date
+    today = dated_paths._today()  # read once per process, so a run crossing midnight keeps its date
     now = dt.datetime.now(dt.timezone.utc)
     assert today in {now.date(), (now - dt.timedelta(days=1)).date()}  # this session began today or yesterday
     found, _ = _expand("d/{date}.csv", {f"d/{today.isoformat()}.csv"}, date=None)
@@ -87,7 +87,7 @@ def test_without_schedule_date_the_run_date_is_today_in_utc():
 )
 def test_malformed_templates_are_config_errors(pattern, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
-        windows.check(pattern, "data.train_files")
+        dated_paths.check_template(pattern, "data.train_files")
 
 
 def test_templates_and_the_date_are_checked_when_the_config_loads(tmp_path):

@@ -11,8 +11,9 @@ import json
 
 import click
 
-from job.commands import open_output, output_options
-from job.log import echo
+from job.cli.logs import echo
+from job.cli.options import open_output, output_options
+from job.retraining import champion
 
 
 @click.command("champion")
@@ -21,14 +22,12 @@ from job.log import echo
 @click.option("--history", is_flag=True, help="Also list every promotion from the audit log.")
 def command(config_path, sets, output_uri, as_json, history):
     """Show the champion run (checking that its _SUCCESS is there)."""
-    from job import champion
-
     _, store = open_output(config_path, sets, output_uri)
     pointer = champion.current(store)
     if as_json:
         echo(json.dumps(pointer, indent=2))
         return
-    echo(champion.describe(pointer) if pointer else f"no champion yet in {store.uri}")
+    echo(champion.pointer_line(pointer) if pointer else f"no champion yet in {store.uri}")
     if history:
         echo("history:")
         for r in champion.history(store):

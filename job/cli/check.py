@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import click
 
-from job.commands import config_options, load_config
-from job.log import echo
+from job.cli.logs import echo
+from job.cli.options import config_options, load_config
+from job.recipes import check
 
 
 @click.command("check")
 @config_options
 def command(config_path, sets):
     """Validate config, data, output location and model without training."""
-    from job import check
-
     cfg = load_config(config_path, sets)
-    for line in check.check(cfg):
+    for line in check.preflight(cfg):
         echo(line)

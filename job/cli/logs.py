@@ -19,9 +19,9 @@ import re
 import sys
 import time
 
-from job import config, env
+from job.config import env, redacted
 
-REDACTED = "***"
+REDACTED = redacted.REDACTED
 MIN_SECRET_LENGTH = 8  # AWS key ids are 20 characters, secret keys 40, HF tokens 37
 
 
@@ -32,7 +32,7 @@ class _RedactingHandler(logging.StreamHandler):
         super().__init__(stream)
         self.debug = debug
         endpoints = " ".join(env.get(name) or "" for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"))
-        self.set_secrets(env.secret_values() + config.url_secrets(endpoints))
+        self.set_secrets(env.secret_values() + redacted.url_secrets(endpoints))
 
     def set_secrets(self, values) -> None:
         self.secrets = sorted({v for v in values if len(v) >= MIN_SECRET_LENGTH}, key=len, reverse=True)
@@ -44,7 +44,7 @@ class _RedactingHandler(logging.StreamHandler):
         return self.scrub(super().format(record))
 
     def scrub(self, text: str) -> str:
-        text = config.redact_url(text)
+        text = redacted.redact_url(text)
         return self.pattern.sub(REDACTED, text) if self.pattern else text
 
 
@@ -102,17 +102,3 @@ def setup(log_format: str = "text", debug: bool = False) -> None:
     logging.captureWarnings(True)
     for noisy in ("botocore", "boto3", "s3transfer", "urllib3", "filelock", "fsspec", "aiobotocore", "s3fs", "httpx", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def quiet_libraries(progress_bars: bool) -> None:
-    """Route transformers/datasets logs through our handler, at WARNING; bars only on a terminal."""
-    import datasets
-    import transformers
-
-    transformers.utils.logging.set_verbosity_warning()
-    transformers.utils.logging.disable_default_handler()
-    transformers.utils.logging.enable_propagation()
-    datasets.utils.logging.set_verbosity_warning()
-    if not progress_bars:
-        datasets.disable_progress_bars()
-        transformers.utils.logging.disable_progress_bar()

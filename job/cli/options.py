@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import click
 
+from job import storage
+from job.cli import config_loader, logs
+from job.config import redacted
+
 
 def config_options(command):
     command = click.option(
@@ -24,11 +28,9 @@ def config_options(command):
 
 def load_config(config_path: str | None, sets: tuple[str, ...]):
     """Resolve the config; with no file and no data or model of the user's own, the task's embedded
-    demo (shipped data, tiny model) lies under the user's values (job/config.py)."""
-    from job import config, log
-
-    cfg = config.load(config_path or None, sets)
-    log.add_secrets(config.secret_values(cfg))
+    demo (shipped data, tiny model) lies under the user's values (job/cli/config_loader.py)."""
+    cfg = config_loader.load(config_path or None, sets)
+    logs.add_secrets(redacted.secret_values(cfg))
     return cfg
 
 
@@ -45,7 +47,5 @@ def output_options(command):
 
 def open_output(config_path: str | None, sets: tuple[str, ...], output_uri: str | None):
     """(config, store) for --output, or the config's output.uri."""
-    from job import storage
-
     cfg = load_config(config_path, sets + ((f"output.uri={output_uri}",) if output_uri else ()))
     return cfg, storage.open_store(cfg.output.uri, cfg.s3)

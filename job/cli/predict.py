@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import click
 
-from job.log import echo
+from job.cli.logs import echo
+from job.recipes import predict
 
 
 @click.command("predict")
@@ -16,7 +17,7 @@ from job.log import echo
 @click.option("--input", "input_uri", required=True, metavar="FILE|s3://...", help="csv, tsv, json/jsonl, parquet, text or CoNLL rows.")
 @click.option("--output", "output_uri", required=True, metavar="FILE|s3://...", help="Where predictions.jsonl goes.")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
-# The input is read like run's data (job/data.py); each option defaults to what the model was trained with.
+# The input is read like run's data (job/data/); each option defaults to what the model was trained with.
 @click.option("--text-column", default=None, help="Input column (data.text_column); dotted names reach nested fields.")
 @click.option("--text-pair-column", default=None, help="Second input column of sentence-pair models (data.text_pair_column).")
 @click.option("--label-column", default=None, help="Gold label column, copied to the output when present (data.label_column).")
@@ -30,8 +31,6 @@ from job.log import echo
 def command(model_uri, input_uri, output_uri, batch_size, text_column, text_pair_column, label_column, id_column, file_format, field,
             trust_remote_code):
     """Predict labels for every row of an input file with a trained model."""
-    from job import predict
-
     columns = {"text_column": text_column, "text_pair_column": text_pair_column, "label_column": label_column,
                "id_column": id_column, "format": file_format, "field": field}
     count = predict.predict(

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import click
 
-from job.commands import open_output, output_options
-from job.log import echo
+from job.cli.logs import echo
+from job.cli.options import open_output, output_options
+from job.retraining import champion
 
 
 @click.command("rollback")
@@ -19,7 +20,5 @@ from job.log import echo
 @click.option("--reason", default=None, help="Why, for the audit log.")
 def command(config_path, sets, output_uri, reason):
     """Make the previous champion the champion again."""
-    from job import champion
-
     _, store = open_output(config_path, sets, output_uri)
-    echo(champion.describe(champion.rollback(store, reason)))
+    echo(champion.pointer_line(champion.rollback(store, reason)))

@@ -11,8 +11,11 @@ import sys
 
 import click
 
-from job.commands import config_options, load_config
-from job.log import echo
+from job.cli.logs import echo
+from job.cli.options import config_options, load_config
+from job.config import env
+from job.recipes import run
+from job.training import launch
 
 
 @click.command("run")
@@ -20,8 +23,6 @@ from job.log import echo
 @click.pass_context
 def command(ctx, config_path, sets):
     """Fine-tune the configured model and publish model, predictions and metrics."""
-    from job import env, launch, run
-
     cfg = load_config(config_path, sets)  # a bad config fails here, before any worker starts
     if not env.inside_launched_worker():
         plan = launch.plan(cfg)

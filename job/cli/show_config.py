@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import click
 
-from job.commands import config_options, load_config
-from job.log import echo
+from job.cli.logs import echo
+from job.cli.options import config_options, load_config
+from job.config import redacted
 
 
 @click.command("config")
@@ -16,7 +17,5 @@ from job.log import echo
 @click.option("--yaml", "as_yaml", is_flag=True, help="Print the resolved config as YAML (what config.yaml in a run holds).")
 def command(config_path, sets, as_yaml):
     """Print the resolved config and where each value came from (secrets redacted)."""
-    from job import config
-
     cfg = load_config(config_path, sets)
-    echo(config.dump_yaml(cfg) if as_yaml else config.describe(cfg))
+    echo(redacted.dump_yaml(cfg) if as_yaml else redacted.describe_sources(cfg))

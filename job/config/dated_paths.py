@@ -46,7 +46,7 @@ def is_template(pattern: str) -> bool:
     return _PLACEHOLDER.search(pattern) is not None
 
 
-def check(pattern: str, where: str) -> None:
+def check_template(pattern: str, where: str) -> None:
     """Reject a malformed template while the config is loaded, before any data is read."""
     _placeholders(pattern, where)
 

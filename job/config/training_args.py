@@ -22,7 +22,7 @@ import math
 import tempfile
 from typing import Any, Callable
 
-from job import env
+from job.config import env
 from job.errors import ConfigError
 
 # key -> (test, what the value must be). Unset (None) values are left to TrainingArguments' defaults.
@@ -42,7 +42,7 @@ _INTEGRATIONS = {
 _HUB_KEYS = ("push_to_hub", "hub_model_id")
 
 
-def check(values: dict[str, Any], where: Callable[[str], str], arguments_class) -> None:
+def check_values(values: dict[str, Any], where: Callable[[str], str], arguments_class) -> None:
     """Raise ConfigError for the first `training.<key>` value that cannot work (see the module docstring)."""
     for key, value in values.items():
         _check_one(key, value, values, where)

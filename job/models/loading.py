@@ -3,8 +3,8 @@ or the Hub.
 
 An s3:// model is downloaded to the work directory first and then loaded like a local one. Hub code
 (`trust_remote_code`) only runs when the config says so. `model.train` says what learns: `all` every
-layer; `head` a new head over the frozen body's pooled vectors (job/head_only.py, job/pooled.py); `lora`
-low-rank adapters on the frozen body and the task head in full (job/lora.py). A new head (and a new
+layer; `head` a new head over the frozen body's pooled vectors (job/training/head_only.py, job/models/pooled.py); `lora`
+low-rank adapters on the frozen body and the task head in full (job/models/lora.py). A new head (and a new
 adapter) starts from the run's seed, so the same config gives the same model.
 
 `load_published` reads back what a run published, in each mode's form, for `finetune-job predict` and
@@ -18,9 +18,10 @@ import hashlib
 import logging
 from pathlib import Path
 
-from job import builtin, env, gguf
-from job.config import JobConfig, is_builtin
+from job import storage
+from job.config import JobConfig, env, is_builtin
 from job.errors import ModelError
+from job.models import builtin, gguf, lora
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +74,11 @@ def load(cfg: JobConfig, task, spec, train_split, work_dir: Path):
     if cfg.model.attn_implementation:
         _set_attention(model, cfg.model.attn_implementation)
     if head_only:
-        from job.pooled import PooledTextClassifier
+        from job.models.pooled import PooledTextClassifier  # imports torch
 
         model = PooledTextClassifier.around(model, cfg.model.pooling, **head_kwargs)
         model.body.requires_grad_(False)
     elif cfg.model.train == "lora":
-        from job import lora
-
         model = lora.wrap(model, cfg.lora, task)
     return tokenizer, model
 
@@ -91,8 +90,6 @@ def parameter_counts(model, cfg: JobConfig) -> dict:
     total = sum(p.numel() for p in unique)
     trainable = sum(p.numel() for p in unique if p.requires_grad)
     if cfg.model.train == "lora":
-        from job import lora
-
         total -= lora.adapter_parameters(model)  # the model's own size, as for the other modes
     share = round(trainable / total, 6) if total else 0.0
     log.info("model: model.train %s trains %d of %d parameters (%.2f%%)", cfg.model.train, trainable, total, 100 * share)
@@ -109,8 +106,6 @@ def resolve(cfg: JobConfig, work_dir: Path) -> str:
 
 
 def download(uri: str, cfg: JobConfig, work_dir: Path) -> Path:
-    from job import storage
-
     target = work_dir / "models" / hashlib.sha256(uri.encode()).hexdigest()[:16]
     if not (target / "config.json").exists():
         store = storage.open_store(uri, cfg.s3)
@@ -182,12 +177,12 @@ def _set_attention(model, name: str) -> None:
 
 def load_published(model_dir: Path, task, work_dir: Path, *, trust_remote_code: bool = False):
     """(tokenizer, model) from a directory a run published: an ordinary model (model.train: all, or
-    lora merged), body + pooled head (head; job/pooled.py registers its class), or a LoRA adapter
-    loaded over its base model (job/lora.py), which goes to `work_dir` first if it is on s3://.
+    lora merged), body + pooled head (head; job/models/pooled.py registers its class), or a LoRA adapter
+    loaded over its base model (job/models/lora.py), which goes to `work_dir` first if it is on s3://.
     OSError or ValueError when it does not load."""
     from transformers import AutoTokenizer
 
-    from job import lora, pooled  # noqa: F401  registers the pooled classifier with the Auto classes
+    from job.models import pooled  # noqa: F401  imports torch; registers the pooled classifier with the Auto classes
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     if lora.is_adapter(model_dir):  # the base loads as the run loaded it: a local directory, GGUF, s3://, the Hub
@@ -199,19 +194,17 @@ def load_published(model_dir: Path, task, work_dir: Path, *, trust_remote_code: 
 
 def save_published(trainer, cfg: JobConfig, path: Path, head_only=None) -> None:
     """The model directory a run publishes, in its mode's form: for head, the frozen body and the
-    trained head as one model; for lora, merged or the adapter (job/lora.py)."""
+    trained head as one model; for lora, merged or the adapter (job/models/lora.py)."""
     if head_only is not None:
         head_only.assembled.save_pretrained(path)
         trainer.processing_class.save_pretrained(path)
     elif cfg.model.train == "lora":
-        from job import lora
-
         lora.save(trainer, cfg.lora, cfg.model.name, path)
     else:
         trainer.save_model(str(path))
 
 
-def check(cfg: JobConfig) -> str:
+def describe_model(cfg: JobConfig) -> str:
     """Resolve the model without loading weights; return a short description (for `check`)."""
     name = cfg.model.name
     if is_builtin(name):
@@ -219,8 +212,6 @@ def check(cfg: JobConfig) -> str:
             raise ModelError(f"unknown builtin model (choose: {', '.join(builtin.BUILTINS)})", where="model.name")
         return f"{name} (built offline)"
     if name.startswith("s3://"):
-        from job import storage
-
         store = storage.open_store(name, cfg.s3)
         if not store.exists("config.json"):
             raise ModelError("no config.json under this prefix: not a saved model", where=name)

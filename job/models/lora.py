@@ -38,6 +38,7 @@ import logging
 import warnings
 from pathlib import Path
 
+from job.config import JobConfig, ModelConfig
 from job.config import LoraConfig as LoraSettings
 from job.errors import ConfigError
 
@@ -128,11 +129,9 @@ def is_adapter(model_dir: Path) -> bool:
 
 def base_of(model_dir: Path, trust_remote_code: bool):
     """(a config naming the base model a published adapter goes over, the config keyword arguments
-    that size its task head): job/models.py loads the base as the run loaded it."""
+    that size its task head): job/models/loading.py loads the base as the run loaded it."""
     from peft import PeftConfig
     from transformers import AutoConfig
-
-    from job.config import JobConfig, ModelConfig
 
     adapter = PeftConfig.from_pretrained(model_dir)
     trained = AutoConfig.from_pretrained(model_dir)

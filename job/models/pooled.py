@@ -1,6 +1,6 @@
 """A text classifier whose head reads a pooled sentence vector: what head-only training publishes.
 
-    import job.pooled  # registers the class with transformers' Auto classes
+    import job.models.pooled  # registers the class with transformers' Auto classes
     model = AutoModelForSequenceClassification.from_pretrained("outputs/<run-id>/model")
 
 Why a class of our own: transformers' BertForSequenceClassification reads [CLS] through its pooler,
@@ -11,7 +11,7 @@ all-MiniLM-L6-v2 were trained to give) cannot be expressed in it. This class is 
 - `pooling: mean`: the mean of the last hidden states over the real (unpadded) tokens;
 - `pooling: cls`: the first token's last hidden state.
 
-Head-only training (job/head_only.py) runs the frozen body once per row, trains a `PooledHead` on
+Head-only training (job/training/head_only.py) runs the frozen body once per row, trains a `PooledHead` on
 the cached vectors, then assembles body and head into this class; both paths call the same `pool`
 and the same head, so the published model predicts what the head predicted during the run. The
 directory is an ordinary `save_pretrained` one (config.json with `model_type: finetune-job-pooled`,
@@ -24,7 +24,11 @@ import torch
 from huggingface_hub.dataclasses import strict
 from torch import nn
 from transformers import (
-    AutoConfig, AutoModel, AutoModelForSequenceClassification, PreTrainedConfig, PreTrainedModel,
+    AutoConfig,
+    AutoModel,
+    AutoModelForSequenceClassification,
+    PreTrainedConfig,
+    PreTrainedModel,
 )
 from transformers.configuration_utils import SubConfigSpec
 from transformers.modeling_outputs import SequenceClassifierOutput

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from job import champion, data, models, promotion, storage, tasks
+from job import data, models, storage, tasks
 from job.config import JobConfig
+from job.retraining import champion, promotion
 
 
-def check(cfg: JobConfig) -> Iterator[str]:
+def preflight(cfg: JobConfig) -> Iterator[str]:
     yield f"config: ok (task {cfg.task.name}, model {cfg.model.name})"
 
     task = tasks.get(cfg.task.name)
@@ -27,4 +28,4 @@ def check(cfg: JobConfig) -> Iterator[str]:
         verdict = f"not comparable ({other}): runs keep it; promote by hand or use another output.uri" if other else "runs are scored against it"
         yield f"champion: run {pointer['run_id']}, {verdict}"
 
-    yield f"model: ok ({models.check(cfg)})"
+    yield f"model: ok ({models.describe_model(cfg)})"

@@ -25,9 +25,8 @@ def predict(
 ) -> int:
     """`data_options`: data.* settings for reading the input (columns, format, field); each one left
     None is what the model was trained with. `trust_remote_code` only for the model named here."""
-    from job import log as job_log
 
-    job_log.quiet_libraries(progress_bars=False)
+    training.quiet_libraries(progress_bars=False)
     with tempfile.TemporaryDirectory(prefix="finetune-predict-") as tmp:
         work = Path(tmp)
         model_dir = _local_model(model_uri, work)

@@ -24,7 +24,9 @@ import logging
 from collections import Counter
 from pathlib import Path
 
-from job import config, data
+from job import data
+from job.config import redacted
+from job.retraining import promotion
 
 log = logging.getLogger(__name__)
 
@@ -204,8 +206,6 @@ def _per_class(metrics: dict):
 
 
 def _promotion(metrics: dict, cfg):
-    from job import promotion
-
     metric, candidate, champion = metrics.get("promotion_metric"), metrics.get("promotion_candidate"), metrics.get("promotion_champion")
     if metric is None:
         return None, "no promotion decision in metrics.json"
@@ -277,9 +277,9 @@ def _html(run_id: str, cfg, metrics: dict, sections) -> str:
             f'<figure{wide}><figcaption>{e(title)}</figcaption>'
             f'<img alt="{e(title)}" data-plot="{e(path.stem)}" src="data:image/png;base64,{encoded}"></figure>'
         )
-    source = config.redact_url(str(cfg.data.dataset or cfg.data.train_files))  # no user:password@ of a URL
+    source = redacted.redact_url(str(cfg.data.dataset or cfg.data.train_files))  # no user:password@ of a URL
     trained = ""
-    if "trainable_parameters" in metrics:  # what model.train trained (job/models.py parameter_counts)
+    if "trainable_parameters" in metrics:  # what model.train trained (job/models/loading.py parameter_counts)
         trained = (f' &middot; model.train {e(str(metrics["train_mode"]))}: {metrics["trainable_parameters"]:,} of '
                    f'{metrics["total_parameters"]:,} parameters trained ({metrics["trainable_share"]:.2%})')
     created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
@@ -288,7 +288,7 @@ def _html(run_id: str, cfg, metrics: dict, sections) -> str:
 <title>finetune-job run {e(run_id)}</title><style>{_CSS}</style></head>
 <body>
 <h1>Run {e(run_id)}</h1>
-<div class="meta">{e(cfg.task.name)} &middot; model {e(config.redact_url(cfg.model.name))} &middot; data {e(source)}{trained} &middot; written {created}</div>
+<div class="meta">{e(cfg.task.name)} &middot; model {e(redacted.redact_url(cfg.model.name))} &middot; data {e(source)}{trained} &middot; written {created}</div>
 {banner}
 <h2>Metrics</h2>
 <table>{rows}</table>

@@ -24,10 +24,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from job import config as config_module
-from job import checkpoints, data, head_only, models, promotion, report, retention, storage, tasks, training, workdir
-from job.config import JobConfig
+from job import data, models, storage, tasks, training
+from job.config import JobConfig, redacted, schema
 from job.errors import ConfigError, Interrupted
+from job.recipes import report
+from job.retraining import promotion, retention
+from job.storage import workdir
+from job.training import checkpoints, head_only
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +44,15 @@ class RunResult:
 
 
 def run(cfg: JobConfig, log_format: str = "text") -> RunResult:
-    from job import log as job_log
-
     stop = checkpoints.StopRequest()
     stop.install()  # from here on, SIGTERM means "checkpoint at the next step and exit 10"
     run_id = cfg.run_id or new_run_id()
-    config_yaml = config_module.dump_yaml(cfg)
+    config_yaml = redacted.dump_yaml(cfg)
     config_sha = config_fingerprint(cfg)
     store = storage.open_store(cfg.output.uri, cfg.s3)
     work = workdir.private(work_dir(cfg), run_id, chosen=cfg.output.work_dir is not None)
     progress_bars = training.progress_bars_wanted(log_format)
-    job_log.quiet_libraries(progress_bars)
+    training.quiet_libraries(progress_bars)
     args = training.arguments(cfg, work / "trainer", progress_bars=progress_bars)  # joins the other workers
     log.info("run %s: task %s, model %s, world size %d, output %s",
              run_id, cfg.task.name, cfg.model.name, args.world_size, store.url(run_id))
@@ -89,7 +90,7 @@ def run(cfg: JobConfig, log_format: str = "text") -> RunResult:
     tokenized, cached = features, None
     if cfg.model.train == "head":
         # The frozen body reads every row once (all workers together); the head then trains and is
-        # scored on its vectors, and the run publishes body and head as one model (job/head_only.py).
+        # scored on its vectors, and the run publishes body and head as one model (job/training/head_only.py).
         cached = head_only.prepare(model, features, collator, args)
         model, features, collator = cached.head, cached.features, cached.collator
 
@@ -111,7 +112,7 @@ def run(cfg: JobConfig, log_format: str = "text") -> RunResult:
             f"stopped by {stop.signal_name} at step {publisher.stopped_at}; its checkpoint is in "
             f"{store.url(checkpoints.prefix(run_id))}/; run again with run id {run_id} to resume"
         )
-    stop.check()  # a SIGTERM after the last step (in the final evaluation) stops here, exit 10
+    stop.raise_if_stopped()  # a SIGTERM after the last step (in the final evaluation) stops here, exit 10
     resumed_step = checkpoints.step_of(resume_from)
     if resumed_step is not None:
         train_result.metrics["train_loss"] = checkpoints.whole_run_loss(
@@ -133,7 +134,7 @@ def run(cfg: JobConfig, log_format: str = "text") -> RunResult:
     }
 
     # Gate: score the current champion on this run's own evaluation rows (a changed test set cannot
-    # fake a win) and decide; the decision and both scores go into metrics.json (job/promotion.py).
+    # fake a win) and decide; the decision and both scores go into metrics.json (job/retraining/promotion.py).
     # Every worker takes part: scoring is a distributed evaluation too.
     gate = promotion.Gate(cfg, store, run_id, promotion.evaluator(cfg, store, task, spec, raw, args), args.world_size)
     decision = gate.decide(metrics)
@@ -169,7 +170,7 @@ def run(cfg: JobConfig, log_format: str = "text") -> RunResult:
 def finish(cfg: JobConfig, store, run_id: str, gate: promotion.Gate | None = None) -> dict:
     """What follows `_SUCCESS`, each step idempotent, so that a rerun of a finished run id (no `gate`)
     completes whatever a failure left undone: move champion.json to this run if the gate said so
-    (compare-and-swap, job/champion.py; metrics.json is made to say what happened); delete old runs,
+    (compare-and-swap, job/retraining/champion.py; metrics.json is made to say what happened); delete old runs,
     never the champion; delete this run's checkpoints. Returns the run's metrics as published."""
     metrics = promotion.settle(store, run_id, gate)
     retention.apply(store, cfg.retention, current_run=run_id)
@@ -182,13 +183,13 @@ def config_fingerprint(cfg: JobConfig) -> str:
     """What makes two runs the same run: the resolved config without where this node keeps its
     scratch files, how many workers it starts (a resumed run may land on other hardware), how many
     old runs are kept around, or how long storage faults are retried (a rerun may retry longer)."""
-    resolved = config_module.to_dict(cfg)
+    resolved = schema.to_dict(cfg)
     resolved["output"].pop("work_dir", None)
     for key in ("max_attempts", "retry_seconds"):
         resolved["s3"].pop(key, None)
     for section in ("distributed", "retention", "run_id"):
         resolved.pop(section, None)
-    return hashlib.sha256(json.dumps(config_module.redact(resolved), sort_keys=True, default=str).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(redacted.redact(resolved), sort_keys=True, default=str).encode()).hexdigest()
 
 
 def new_run_id() -> str:

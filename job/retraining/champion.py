@@ -11,7 +11,7 @@ Protocol (the same for a run that beat the champion, `finetune-job promote` and 
 3. Decide from what was read (the gate scores the champion; promote/rollback pick a run) and check the
    chosen run's `_SUCCESS`: the pointer never names an unfinished run.
 4. Write generation N+1 with `If-Match: <etag>` (`If-None-Match: *` for the first champion). S3 lets
-   exactly one writer win; a local directory does the same under an fcntl lock (job/storage.py).
+   exactly one writer win; a local directory does the same under an fcntl lock (job/storage/).
 5. The winner writes `promotions/N+1.json` with `If-None-Match: *`.
 
 A writer that loses step 4 goes back to step 1 and decides again against the new champion. A write
@@ -32,13 +32,12 @@ import time
 from typing import Callable
 
 from job import storage
+from job.config.schema import CHAMPION_POINTER, PROMOTIONS_FOLDER
 from job.errors import StorageError
 
 log = logging.getLogger(__name__)
 
-POINTER = "champion.json"
-PROMOTIONS = "promotions"
-RESERVED = (POINTER, PROMOTIONS)  # names in the output root that are not runs
+POINTER, PROMOTIONS = CHAMPION_POINTER, PROMOTIONS_FOLDER  # in the output root, beside the runs
 ATTEMPTS = 20  # compare-and-swap rounds before giving up (each lost round means another writer won)
 
 
@@ -222,7 +221,7 @@ def shown(value) -> str:
     return f"{value:.4f}" if isinstance(value, (int, float)) else "n/a"
 
 
-def describe(pointer: dict) -> str:
+def pointer_line(pointer: dict) -> str:
     """The champion for a person, a few lines."""
     return "\n".join(
         [

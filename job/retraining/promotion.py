@@ -20,7 +20,7 @@ metrics.json (promote by hand, or give unrelated runs their own `output.uri`); `
 says so before any training.
 
 The decision, both scores and the reason go into metrics.json (`promotion_*`) and the log before the
-run is published; the pointer moves only after `_SUCCESS` (job/champion.py). If another run became
+run is published; the pointer moves only after `_SUCCESS` (job/retraining/champion.py). If another run became
 champion in between, the gate scores that one too and decides again. `settle` then makes metrics.json
 say what happened, and repairs a promotion a failure left undone (the rule is in its docstring).
 
@@ -38,8 +38,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from job import champion, models, storage
+from job import models, storage, training
 from job.errors import ModelError
+from job.retraining import champion
 
 log = logging.getLogger(__name__)
 
@@ -296,8 +297,6 @@ def evaluator(cfg, store, task, spec, raw, args) -> Callable[[str], float | None
     eval_*) by a Trainer on the run's own arguments, so with the task's hooks (generation, shrunk
     language-model logits), batch size, device and precision. In a multi-worker run every worker
     must call it together, as the evaluation is distributed."""
-    from job import training
-
     metric = cfg.promotion.metric
     split, prefix = ("test", "test") if metric.startswith("test_") else ("validation", "eval")
 

@@ -18,7 +18,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
-from job import champion, storage
+from job import storage
+from job.config.schema import RESERVED
+from job.retraining import champion
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +55,7 @@ def apply(store, settings, current_run: str, now: dt.datetime | None = None) -> 
 def runs(store) -> list[str]:
     """Run ids in the output root: its folders, less the champion's own files and hidden ones."""
     names = {key.split("/", 1)[0] for key in store.list("") if "/" in key}
-    return sorted(name for name in names if name not in champion.RESERVED and not name.startswith("."))
+    return sorted(name for name in names if name not in RESERVED and not name.startswith("."))
 
 
 def protected(store) -> set[str]:

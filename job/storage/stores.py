@@ -18,12 +18,10 @@ there; a refusal (403, a bad request) is not retried; either way the job's error
 
 from __future__ import annotations
 
-import builtins
 import contextlib
 import datetime as dt
 import hashlib
 import itertools
-import json
 import logging
 import os
 import random
@@ -34,16 +32,13 @@ import time
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from job import env
-from job.config import S3Config
+from job.config import S3Config, env
 from job.errors import StorageError
+from job.storage.faults import MISSING, Incomplete, error_code, fault_of
 
 log = logging.getLogger(__name__)
 
-SUCCESS = "_SUCCESS"
-PROBE = ".finetune-job-probe"
 LOCK = ".finetune-job.lock"  # local stores: held while a conditional write checks and renames
-MISSING = ("404", "NoSuchKey", "NotFound")  # a cut 404 reply arrives with its bare status as the code
 T = TypeVar("T")
 
 
@@ -233,10 +228,6 @@ def glob_s3(pattern: str, s3: S3Config) -> list[str]:
     return [f"s3://{bucket}/{k}" for k in store.list(folder) if wanted.fullmatch(k)]
 
 
-class _Incomplete(Exception):
-    """A reply that parsed but lacks what every complete one has (its headers or body were cut)."""
-
-
 _backoff = random.Random()  # jitter of its own: training seeds the global generator
 
 
@@ -286,7 +277,7 @@ class S3Store:
                 self.client.head_object(Bucket=self.bucket, Key=self._key(key))
                 return True
             except Exception as exc:
-                if _code(exc) in MISSING:
+                if error_code(exc) in MISSING:
                     return False
                 raise
 
@@ -303,7 +294,7 @@ class S3Store:
             objects = []
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base + "/" if base else ""):
                 if "IsTruncated" not in page:  # an empty 200 (cut headers) must not read as "no objects"
-                    raise _Incomplete("a listing reply without its body")
+                    raise Incomplete("a listing reply without its body")
                 objects.extend(page.get("Contents", []))
             return objects
 
@@ -336,13 +327,13 @@ class S3Store:
             try:
                 response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
             except Exception as exc:
-                if _code(exc) in MISSING:
+                if error_code(exc) in MISSING:
                     return None, None
                 raise
             with contextlib.closing(response["Body"]) as body:
                 data = body.read()  # botocore checks the length against Content-Length, when there is one
             if response.get("ContentLength") is None or "ETag" not in response:
-                raise _Incomplete("a reply without its Content-Length or ETag header")
+                raise Incomplete("a reply without its Content-Length or ETag header")
             return data, response["ETag"]
 
         return self._call(key, get)
@@ -356,7 +347,7 @@ class S3Store:
             try:
                 self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **condition)
             except Exception as exc:
-                if _code(exc) in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "412", "409"):
+                if error_code(exc) in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "412", "409"):
                     return False
                 raise
             return True
@@ -375,7 +366,7 @@ class S3Store:
             try:
                 return operation()
             except Exception as exc:
-                problem, transient = _describe(exc)
+                problem, transient = fault_of(exc)
                 if problem is None:
                     raise  # not a storage fault: a bug, or one of the job's own errors
                 pause = _backoff.uniform(0, min(10.0, 0.25 * 2**attempt))
@@ -387,170 +378,6 @@ class S3Store:
                 time.sleep(pause)
 
 
-def _client_error(exc: BaseException | None):
-    """The botocore ClientError behind `exc` (boto3's transfer errors wrap one), or None."""
-    from botocore.exceptions import ClientError
-
-    while exc is not None and not isinstance(exc, ClientError):
-        exc = exc.__cause__ or exc.__context__
-    return exc
-
-
-def _code(exc: BaseException) -> str | None:
-    """The S3 error code of a failed request: "NoSuchKey", or the bare status ("404") of a cut reply."""
-    error = _client_error(exc)
-    if error is None:
-        return None
-    return str(error.response.get("Error", {}).get("Code") or error.response.get("ResponseMetadata", {}).get("HTTPStatusCode"))
-
-
-# 4xx answers a retry can change: a timeout, throttling.
-_RETRIED_4XX = {"408", "429", "RequestTimeout", "SlowDown", "Throttling", "ThrottlingException"}
-
-
-def _describe(exc: BaseException) -> tuple[str | None, bool]:
-    """(one line saying what failed, is it transient?) for a storage fault; (None, False) for anything
-    else. Transient: 5xx and throttling answers, and every failure to get a whole reply (refused or reset
-    connections, timeouts, cut bodies or headers). Not transient: refusals (403), bad requests, missing
-    credentials, a local file that cannot be read."""
-    from botocore.exceptions import BotoCoreError
-
-    error = _client_error(exc)
-    if error is not None:
-        code = _code(error)
-        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
-        message = error.response.get("Error", {}).get("Message") or error.operation_name
-        return f"{code}: {message}", status >= 500 or code in _RETRIED_4XX or (code.isdigit() and int(code) >= 500)
-    if isinstance(exc, _cut_reply_errors()) or _garbled_reply(exc):
-        return f"{type(exc).__name__}: {_first_line(exc)}", True
-    if isinstance(exc, (BotoCoreError, OSError)):  # no credentials, a bad parameter, a local file: retrying cannot help
-        return f"{type(exc).__name__}: {_first_line(exc)}", False
-    return None, False
-
-
-def _cut_reply_errors() -> tuple[type, ...]:
-    """What botocore, boto3's transfers, urllib3 and aiohttp (s3fs) raise when no whole reply came back."""
-    import socket
-
-    from boto3.exceptions import RetriesExceededError, S3UploadFailedError
-    from botocore.exceptions import ConnectionError, HTTPClientError, IncompleteReadError
-    from botocore.parsers import ResponseParserError
-    from urllib3.exceptions import HTTPError
-
-    errors = (HTTPClientError, ConnectionError, IncompleteReadError, ResponseParserError, RetriesExceededError,
-              S3UploadFailedError, HTTPError, _Incomplete, builtins.ConnectionError, TimeoutError, socket.timeout)
-    with contextlib.suppress(ImportError):
-        import aiohttp
-
-        errors += (aiohttp.ClientError,)
-    return errors
-
-
-def _garbled_reply(exc: BaseException) -> bool:
-    """A ValueError out of botocore's reply parser: it reads headers such as Last-Modified with dateutil
-    and lets its error through, so a header cut short ('... 28 Nov 2026 1') is a cut reply too."""
-    if not isinstance(exc, ValueError):
-        return False
-    frame = exc.__traceback__
-    while frame is not None:
-        if frame.tb_frame.f_code.co_filename.endswith(os.path.join("botocore", "parsers.py")):
-            return True
-        frame = frame.tb_next
-    return False
-
-
-def fault_behind(exc: BaseException | None) -> BaseException | None:
-    """The storage fault in `exc`'s chain, if any: a failing server or connection, not a missing object
-    and not bad content. For reads that go through other libraries (s3fs wraps botocore's errors in
-    OSError), so that a bucket that fails is told from a file that does not parse."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    while exc is not None:
-        if isinstance(exc, ClientError) and _code(exc) not in MISSING:
-            return exc
-        if isinstance(exc, _cut_reply_errors() + (BotoCoreError,)) or _garbled_reply(exc):
-            return exc
-        exc = exc.__cause__ or exc.__context__
-    return None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
-
-
 # ---------------------------------------------------------------------------------------------- runs
 
 
-# Characters that str.splitlines() and many JSON Lines readers take for line breaks.
-_LINE_BREAKS = {"\u0085": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
-
-
-def json_line(row: dict) -> str:
-    """One JSON Lines record: UTF-8 kept readable, but the Unicode line breaks escaped (rt-polarity
-    has U+0085 in its text), so that every reader sees exactly one record per line."""
-    text = json.dumps(row, ensure_ascii=False)
-    for char, escaped in _LINE_BREAKS.items():
-        text = text.replace(char, escaped)
-    return text + "\n"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def publish(local_dir: Path, store, run_id: str, extra: dict | None = None) -> dict:
-    """Upload a staged run directory, then write `_SUCCESS` (the manifest) last."""
-    files = sorted(p for p in local_dir.rglob("*") if p.is_file() and p.name != SUCCESS)
-    manifest_files = []
-    for path in files:
-        rel = path.relative_to(local_dir).as_posix()
-        store.put_file(path, join(run_id, rel))
-        manifest_files.append({"path": rel, "size": path.stat().st_size, "sha256": sha256_file(path)})
-    manifest = {
-        "run_id": run_id,
-        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        **(extra or {}),
-        "files": manifest_files,
-    }
-    store.put_bytes(json.dumps(manifest, indent=2).encode(), join(run_id, SUCCESS))
-    log.info("published %d files to %s", len(files), store.url(run_id))
-    return manifest
-
-
-def replace_file(store, run_id: str, path: str, data: bytes) -> None:
-    """Rewrite one file of a finished run, and its entry in the `_SUCCESS` manifest. The manifest goes
-    first: if the job stops in between, the old file no longer verifies (and a rerun, finding it
-    unchanged, writes both again) instead of a new file that would not."""
-    manifest = read_manifest(store, run_id)
-    for entry in manifest["files"]:
-        if entry["path"] == path:
-            entry.update(size=len(data), sha256=hashlib.sha256(data).hexdigest())
-    manifest["amended_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    store.put_bytes(json.dumps(manifest, indent=2).encode(), join(run_id, SUCCESS))
-    store.put_bytes(data, join(run_id, path))
-
-
-def delete_tree(store, prefix: str) -> None:
-    """Delete every object under `prefix` (a run, a checkpoint)."""
-    for key in store.list(prefix):
-        store.delete(key)
-
-
-def read_manifest(store, run_id: str) -> dict | None:
-    """The run's `_SUCCESS` manifest, or None when the run is not finished."""
-    data = store.get_bytes(join(run_id, SUCCESS))
-    return json.loads(data) if data is not None else None
-
-
-def probe(store) -> None:
-    """Prove the output location is writable: write a probe object and delete it."""
-    key = f"{PROBE}-{os.getpid()}"
-    store.put_bytes(b"probe", key)
-    if store.get_bytes(key) != b"probe":
-        raise StorageError("wrote a probe object but could not read it back", where=store.url(key))
-    store.delete(key)

@@ -1,6 +1,6 @@
 """Tasks: one flat module per kind of fine-tuning, all behind the same small interface.
 
-A task module provides (no base class; the recipe in job/run.py calls these names):
+A task module provides (no base class; the recipe in job/recipes/run.py calls these names):
 
     Settings                 dataclass of the task's own `task:` settings (validated with the config)
     MODEL_CLASS              name of the transformers class (an Auto class where one fits) that builds
@@ -23,7 +23,7 @@ A task module provides (no base class; the recipe in job/run.py calls these name
     report(predict_output, spec) -> dict of non-scalar test metrics (confusion matrix, per-class report)
     prediction_rows(raw_test, predict_output, spec) -> iterator of JSON-ready dicts, one per test row
 
-and, only when it needs them (job/training.py reads these with getattr):
+and, only when it needs them (job/training/trainer.py reads these with getattr):
 
     TRAINER                  (Trainer class, TrainingArguments class) names to build on instead of
                              Trainer/TrainingArguments, e.g. seq2seq's Seq2SeqTrainer, which generates

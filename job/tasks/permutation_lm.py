@@ -20,7 +20,14 @@ from functools import partial
 from job.errors import ConfigError, ModelError
 from job.tasks import language_model
 from job.tasks.language_model import (  # noqa: F401  the interface functions all language-model tasks share
-    Spec, compute_metrics, inspect, model_kwargs, prediction_rows, report, spec_from_model, texts,
+    Spec,
+    compute_metrics,
+    inspect,
+    model_kwargs,
+    prediction_rows,
+    report,
+    spec_from_model,
+    texts,
 )
 
 MODEL_CLASS = "XLNetLMHeadModel"  # the only model with two-stream attention (perm_mask, target_mapping)

@@ -26,7 +26,16 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Iterator
 
-from job.data import ROW_ID, BadRow, column_error, is_iterable, max_tokens, naming_rows, require_columns, tokenize_splits
+from job.data import (
+    ROW_ID,
+    BadRow,
+    column_error,
+    is_iterable,
+    max_tokens,
+    naming_rows,
+    require_columns,
+    tokenize_splits,
+)
 from job.errors import ConfigError, DataError, ModelError
 
 MODEL_CLASS = "AutoModelForTokenClassification"

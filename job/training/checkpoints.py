@@ -62,7 +62,7 @@ class StopRequest:
         first = self.signal_name is None
         self.signal_name = self.signal_name or signal.Signals(signum).name
         if not self.deferring:
-            self.check()
+            self.raise_if_stopped()
         if first:
             log.warning("%s received: saving a checkpoint at the next step, then stopping", self.signal_name)
 
@@ -75,7 +75,7 @@ class StopRequest:
         finally:
             self.deferring = False
 
-    def check(self) -> None:
+    def raise_if_stopped(self) -> None:
         """Raise `Stopped` if a signal came (one that came too late for the training loop to act on)."""
         if self.signal_name is not None:
             raise Stopped(f"{self.signal_name} received; nothing was published without _SUCCESS: run again with the same run id to continue")

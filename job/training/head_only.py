@@ -8,8 +8,8 @@ row per epoch (which cost the old head-only mode 83% of full fine-tuning's time)
 1. Features. Each split's tokenized rows, sorted by length and cut into batches of a fixed number
    of tokens (CPU_BATCH_TOKENS; so almost no padding), go through the body under
    torch.inference_mode, and each row becomes one pooled vector (`model.pooling`: mean or cls,
-   job/pooled.py). Several workers take every other batch and gather the vectors, so each holds all.
-2. The head (job/pooled.py's PooledHead: one linear layer) trains on the cached vectors through the
+   job/models/pooled.py). Several workers take every other batch and gather the vectors, so each holds all.
+2. The head (job/models/pooled.py's PooledHead: one linear layer) trains on the cached vectors through the
    job's Trainer: checkpoints, SIGTERM, resume, several workers and logging work as in any run.
 3. The run publishes body + head assembled (PooledTextClassifier), an ordinary from_pretrained
    directory; run on the text, it computes what the head computed on the cached vectors.
@@ -94,7 +94,7 @@ def _pooled(model, split, collator, args):
     import numpy as np
     import torch
 
-    from job.pooled import pool
+    from job.models.pooled import pool  # imports torch
 
     budget = CPU_BATCH_TOKENS if args.device.type == "cpu" else GPU_BATCH_TOKENS
     batches = _by_length(np.asarray(split["length"]), budget)

@@ -22,8 +22,7 @@ import socket
 import sys
 from dataclasses import dataclass
 
-from job import env
-from job.config import JobConfig
+from job.config import JobConfig, env
 from job.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, ConfigError
 
 log = logging.getLogger(__name__)
@@ -58,8 +57,8 @@ def plan(cfg: JobConfig) -> Plan:
 
 def run_workers(p: Plan, argv: list[str], run_id: str, grace_seconds: int) -> int:
     """Run `python -m job ARGV` as this node's workers under torch's elastic agent; return the exit code."""
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)

@@ -86,7 +86,7 @@ def batch_tokens(inputs: dict):
     - a packed batch (position ids, no mask: job/tasks/language_model.py) counts a sequence per
       document start (position 0) and a token per target plus one per document start, since every
       token of a document but its first is a target and padding never is;
-    - a batch of cached vectors (head-only training, job/head_only.py) counts its rows and no token;
+    - a batch of cached vectors (head-only training, job/training/head_only.py) counts its rows and no token;
     - anything else counts every input id, a row per sequence."""
     import torch
 
@@ -145,7 +145,7 @@ def train_metrics(model, tokens: int, sequences: int, seconds: float, world_size
         peak = peak_bf16_tflops(name)
         flops = flops_per_token(model, tokens / sequences)
         if peak is None:
-            log.info("train: no bf16 peak known for %s, so no MFU (job/throughput.py PEAK_BF16_TFLOPS)", name)
+            log.info("train: no bf16 peak known for %s, so no MFU (job/training/throughput.py PEAK_BF16_TFLOPS)", name)
         elif flops is not None:
             metrics["train_mfu"] = round(flops * per_second / (peak * 1e12 * world_size), 4)
     return metrics

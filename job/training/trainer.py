@@ -9,13 +9,13 @@ only where a batch job needs it:
   gradients) scaled by the world size;
 - `ddp_find_unused_parameters: false`: every parameter takes part in every step, so the search for
   unused ones is pure overhead;
-- `report_to: none`; checkpoints when the `checkpoint:` section says (job/checkpoints.py uploads
+- `report_to: none`; checkpoints when the `checkpoint:` section says (job/training/checkpoints.py uploads
   them); evaluation every epoch (Hugging Face's default is none), reused as the final validation
   metrics (`final_evaluation`); seq2seq evaluates once, at the end, as generating is slow;
   bf16/TF32 when the GPU supports them.
 
 The Trainer also counts the tokens it trains on, so that metrics.json says how fast the run went and,
-on a GPU, how much of it the model used (job/throughput.py).
+on a GPU, how much of it the model used (job/training/throughput.py).
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ import math
 import sys
 from pathlib import Path
 
-from job import tasks, throughput
+from job import tasks
 from job.config import JobConfig
 from job.errors import ConfigError
+from job.training import throughput
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 # What each `model.train` mode needs where the user's `training:` section is silent (README: Transfer
 # learning). A new head or an adapter starts from scratch on a small share of the weights and wants a
 # far larger rate than full fine-tuning's 5e-5 (Trainer's default, kept for `all`). Head-only epochs
-# are cheap (the head reads cached vectors; job/head_only.py), so it takes many, in batches of 32
+# are cheap (the head reads cached vectors; job/training/head_only.py), so it takes many, in batches of 32
 # (8, Trainer's default, would be 4x the steps), in random order (the vectors have no length to
 # group by), logging less often.
 MODE_DEFAULTS = {
@@ -70,7 +71,7 @@ def arguments(cfg: JobConfig, output_dir: Path, *, progress_bars: bool):
         "use_cpu": not gpu,  # without it, several CPU workers each train alone (no gloo process group)
         "disable_tqdm": not progress_bars,
         "seed": cfg.seed,
-        # Checkpoints: the job's callback (job/checkpoints.py) also asks for them on a timer and on
+        # Checkpoints: the job's callback (job/training/checkpoints.py) also asks for them on a timer and on
         # SIGTERM; locally only the newest is kept, storage keeps checkpoint.keep.
         "save_strategy": "steps" if cfg.checkpoint.every_steps else "no",
         "save_steps": cfg.checkpoint.every_steps or 500,
@@ -283,3 +284,17 @@ def _quiet_progress_callback():
 
 def progress_bars_wanted(log_format: str) -> bool:
     return log_format == "text" and sys.stderr.isatty()
+
+
+def quiet_libraries(progress_bars: bool) -> None:
+    """Route transformers/datasets logs through our handler, at WARNING; bars only on a terminal."""
+    import datasets
+    import transformers
+
+    transformers.utils.logging.set_verbosity_warning()
+    transformers.utils.logging.disable_default_handler()
+    transformers.utils.logging.enable_propagation()
+    datasets.utils.logging.set_verbosity_warning()
+    if not progress_bars:
+        datasets.disable_progress_bars()
+        transformers.utils.logging.disable_progress_bar()

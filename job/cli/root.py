@@ -1,4 +1,4 @@
-"""The `finetune-job` command line. The root only registers commands; each lives in job/commands/.
+"""The `finetune-job` command line. The root only registers commands; each lives in its own module of job/cli/.
 
 Commands load lazily, so `finetune-job --help` imports no torch, transformers, datasets or boto3.
 User errors end as one line and the exit code of their kind (job/errors.py); `--debug` adds the
@@ -14,15 +14,16 @@ import sys
 import click
 
 from job import errors
+from job.cli import logs as job_log
 
 COMMANDS = {
-    "run": "job.commands.run",
-    "check": "job.commands.check",
-    "config": "job.commands.show_config",
-    "predict": "job.commands.predict",
-    "champion": "job.commands.champion",
-    "promote": "job.commands.promote",
-    "rollback": "job.commands.rollback",
+    "run": "job.cli.run",
+    "check": "job.cli.check",
+    "config": "job.cli.show_config",
+    "predict": "job.cli.predict",
+    "champion": "job.cli.champion",
+    "promote": "job.cli.promote",
+    "rollback": "job.cli.rollback",
 }
 
 log = logging.getLogger("job")
@@ -62,8 +63,6 @@ def cli(ctx: click.Context, log_format: str, debug: bool) -> None:
     10 interrupted (checkpoint saved; rerun to resume).
     """
     global _debug
-    from job import log as job_log
-
     _debug = debug
     job_log.setup(log_format, debug)
     ctx.obj = {"log_format": log_format, "debug": debug}
@@ -75,7 +74,7 @@ def main() -> None:
     except errors.JobError as exc:
         _fail(exc.format_message(), exc.exit_code, exc)
     except click.exceptions.Abort as exc:  # click's word for Ctrl-C, and for SIGTERM outside training
-        stopped = str(exc.__cause__ or "")  # job/checkpoints.py: Stopped says what to do next
+        stopped = str(exc.__cause__ or "")  # job/training/checkpoints.py: Stopped says what to do next
         _fail(f"interrupted: {stopped}" if stopped else "aborted", errors.EXIT_INTERRUPTED, None)
     except click.ClickException as exc:  # usage errors: click prints them with the usage line
         exc.show()
