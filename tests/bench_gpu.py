@@ -195,10 +195,11 @@ def _job_trainer(workload: str, prepared: dict, changes: dict, args, folder: Pat
 def job_recipe(cfg, folder: Path, pad_to_multiple_of: int | None = None):
     """job/recipes/run.py's steps 1-4 in this process, up to a Trainer ready to train: (trainer, features, spec).
     The benchmarks and tests/test_throughput.py measure what it builds."""
-    from job import data, models, tasks, training
+    from job import models, tasks, training
+    from job.data import sources
 
     task = tasks.get(cfg.task.name)
-    splits = data.load_splits(cfg)
+    splits = sources.load_splits(cfg)
     spec = task.inspect(splits, cfg)
     tokenizer, model = models.load(cfg, task, spec, splits["train"], folder)
     if hasattr(task, "fit_to_model"):

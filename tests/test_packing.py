@@ -55,7 +55,7 @@ def _packed_features(tmp_path, packing: str, texts: list[str]):
 
     from job import tasks
     from job.models import builtin
-    from job.data import ROW_ID
+    from job.data.rows import ROW_ID
 
     task = tasks.get("causal-lm")
     cfg = _cfg(tmp_path)
@@ -172,7 +172,7 @@ def test_padded_rows_and_flat_rows_count_exactly_their_real_tokens(tmp_path):
 def test_test_rows_are_not_packed(tmp_path):
     from datasets import Dataset
 
-    from job.data import ROW_ID
+    from job.data.rows import ROW_ID
 
     tokenizer, _, collate = _packed_features(tmp_path, "rows", _captions(20))
     from job import tasks

@@ -47,15 +47,16 @@ def test_files_with_carved_validation_and_an_unlabelled_test_split(tmp_path):
 
 
 def test_carving_is_seeded(tmp_path):
-    from job import data
+    from job.data import sources
+    from job.data.rows import ROW_ID
     from job.cli import config_loader
 
     train = write_jsonl(tmp_path / "train.jsonl", demo_rows("train"))
     path = write_yaml(tmp_path / "c.yaml", {"data": {"train_files": str(train)}})
 
     def membership(*sets):
-        splits = data.load_splits(config_loader.load(str(path), sets, use_env=False))
-        return {name: sorted(ds[data.ROW_ID]) for name, ds in splits.items()}
+        splits = sources.load_splits(config_loader.load(str(path), sets, use_env=False))
+        return {name: sorted(ds[ROW_ID]) for name, ds in splits.items()}
 
     first, again, other = membership(), membership(), membership("training.seed=1")
     assert first == again

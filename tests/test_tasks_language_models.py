@@ -26,7 +26,7 @@ def _cfg(tmp_path, task, **data):
 def _splits(rows_by_split: dict):
     from datasets import Dataset
 
-    from job.data import ROW_ID
+    from job.data.rows import ROW_ID
 
     return {name: Dataset.from_dict({"text": rows, ROW_ID: list(range(len(rows)))}) for name, rows in rows_by_split.items()}
 

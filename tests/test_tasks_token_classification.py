@@ -20,10 +20,10 @@ WNUT_LABELS = ["O", "B-corporation", "I-corporation", "B-creative-work", "I-crea
 
 def _load(tmp_path: Path, **data):
     from job.cli import config_loader
-    from job import data as job_data
+    from job.data import sources
 
     path = write_yaml(tmp_path / "c.yaml", {"task": "token-classification", "data": data})
-    return job_data.load_splits(config_loader.load(str(path), use_env=False))
+    return sources.load_splits(config_loader.load(str(path), use_env=False))
 
 
 def test_conll_reader_handles_tab_separators_docstart_and_columns(tmp_path):
@@ -55,11 +55,11 @@ def test_a_conll_file_without_tags_is_input_and_a_mixed_one_names_its_line(tmp_p
 def test_wnut17_reads_as_hf_wnut_17(monkeypatch):
     from job import tasks
     from job.cli import config_loader
-    from job import data as job_data
+    from job.data import sources
 
     monkeypatch.chdir(ROOT)  # the config's paths are relative to the repository root
     cfg = config_loader.load(str(TINY_CONFIG), use_env=False)
-    splits = job_data.load_splits(cfg)
+    splits = sources.load_splits(cfg)
     assert {name: len(ds) for name, ds in splits.items()} == {"train": 3394, "validation": 1009, "test": 1287}
     assert sum(map(len, splits["train"]["tokens"])) == 62730
     assert sum(tag.startswith("B-") for tags in splits["test"]["tags"] for tag in tags) == 1079

@@ -106,17 +106,17 @@ MRPC = (
 
 
 def test_tsv_is_read_without_quotes_by_run_check_and_predict(tmp_path, no_env):
-    from job import data
+    from job.data import sources
 
     tsv = tmp_path / "train.tsv"
     tsv.write_text(MRPC)
     sets = (f"data.train_files={tsv}", "data.text_column=#1 String", "data.text_pair_column=#2 String", "data.label_column=Quality")
     cfg = config_loader.load(None, sets)
-    whole = data.load_file(str(tsv), cfg)  # what predict reads
+    whole = sources.load_file(str(tsv), cfg)  # what predict reads
     assert len(whole) == 6 and whole[1]["#1 String"].startswith('"Yucaipa') and "\t" not in whole[1]["#2 String"]
     cfg = config_loader.load(None, sets + ("data.validation_size=0.2", "data.test_size=0.2"))
-    assert sum(len(split) for split in data.load_splits(cfg).values()) == 6
-    assert len(data.sample_splits(cfg)["train"]) == 6
+    assert sum(len(split) for split in sources.load_splits(cfg).values()) == 6
+    assert len(sources.sample_splits(cfg)["train"]) == 6
 
 
 def test_a_tsv_whose_rows_differ_from_its_lines_is_a_data_error(tmp_path):
@@ -129,12 +129,12 @@ def test_a_tsv_whose_rows_differ_from_its_lines_is_a_data_error(tmp_path):
 
 
 def test_nested_columns_and_wrapped_json(tmp_path, no_env):
-    from job import data
+    from job.data import sources
 
     pairs = [{"translation": {"en": f"the cat {i}", "ro": f"pisica {i}"}} for i in range(20)]
     nested = write_jsonl(tmp_path / "wmt.jsonl", pairs)
     cfg = config_loader.load(None, ("task=seq2seq", f"data.train_files={nested}", "data.text_column=translation.en", "data.label_column=translation.ro"))
-    splits = data.load_splits(cfg)
+    splits = sources.load_splits(cfg)
     assert {"translation.en", "translation.ro"} <= set(splits["train"].column_names)
     read = [text for split in splits.values() for text in split["translation.en"]]
     assert sorted(read) == sorted(p["translation"]["en"] for p in pairs)
@@ -143,10 +143,10 @@ def test_nested_columns_and_wrapped_json(tmp_path, no_env):
     wrapped.write_text(json.dumps({"version": "1.1", "data": [{"text": f"row {i}", "label": i % 2} for i in range(20)]}))
     sets = (f"data.train_files={wrapped}",)
     with pytest.raises(Exception, match="data.field: data"):  # read unwrapped: one row whose column holds the rows
-        data.load_splits(config_loader.load(None, sets))
+        sources.load_splits(config_loader.load(None, sets))
     cfg = config_loader.load(None, sets + ("data.field=data",))
-    assert sum(len(s) for s in data.load_splits(cfg).values()) == 20
-    assert data.sample_splits(cfg)["train"].column_names[:2] == ["text", "label"]  # check reads what run reads
+    assert sum(len(s) for s in sources.load_splits(cfg).values()) == 20
+    assert sources.sample_splits(cfg)["train"].column_names[:2] == ["text", "label"]  # check reads what run reads
 
 
 def test_conll_as_txt_is_hinted_and_conll_columns_follow_the_format(tmp_path, no_env):

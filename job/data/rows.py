@@ -113,7 +113,7 @@ def tokenize_splits(splits, encode, data: DataConfig, labelled: dict[str, bool])
     return out
 
 
-def requirecolumns(splits, data: DataConfig, *input_keys: str) -> None:
+def require_columns(splits, data: DataConfig, *input_keys: str) -> None:
     """The configured input columns (`data.<key>`) must be in every split, the label column in every
     split but test (a test split may come without labels). A stream whose columns are not known yet
     is not checked."""

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from job import data, models, storage, tasks
+from job import models, storage, tasks
 from job.config import JobConfig
+from job.data import sources
+from job.data.rows import ROW_ID
 from job.retraining import champion, promotion
 
 
@@ -13,9 +15,9 @@ def preflight(cfg: JobConfig) -> Iterator[str]:
     yield f"config: ok (task {cfg.task.name}, model {cfg.model.name})"
 
     task = tasks.get(cfg.task.name)
-    sample = data.sample_splits(cfg)
+    sample = sources.sample_splits(cfg)
     spec = task.inspect(sample, cfg)
-    columns = ", ".join(c for c in sample["train"].column_names if c != data.ROW_ID)
+    columns = ", ".join(c for c in sample["train"].column_names if c != ROW_ID)
     labels = getattr(spec, "label_names", None)
     yield f"data: ok ({len(sample['train'])} rows read; columns {columns}" + (f"; labels {', '.join(labels)})" if labels else ")")
 

@@ -13,8 +13,9 @@ import logging
 import tempfile
 from pathlib import Path
 
-from job import data, models, storage, tasks, training
+from job import models, storage, tasks, training
 from job.config import DataConfig, JobConfig, TaskConfig
+from job.data import sources
 from job.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ def predict(
             task=TaskConfig(name=meta["task"], settings=task.Settings(**meta.get("task_settings", {}))),
             data=_input_settings(input_uri, meta, data_options or {}),
         )
-        rows = data.load_file(input_uri, cfg)
+        rows = sources.load_file(input_uri, cfg)
         tokenizer, model = _load(model_dir, task, model_uri, work, trust_remote_code)
         spec = task.spec_from_model(model.config, cfg, rows)
         features = task.preprocess({"test": rows}, tokenizer, cfg, spec)["test"]

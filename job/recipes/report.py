@@ -24,8 +24,8 @@ import logging
 from collections import Counter
 from pathlib import Path
 
-from job import data
 from job.config import redacted
+from job.data.rows import is_iterable
 from job.retraining import promotion
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def _sample(ds):
 def _data(raw, spec):
     import numpy as np
 
-    sized = {name: ds for name, ds in raw.items() if not data.is_iterable(ds)}
+    sized = {name: ds for name, ds in raw.items() if not is_iterable(ds)}
     figure, (rows_ax, labels_ax) = _figure(columns=2, width=9)
     names = list(raw)
     counts = [len(raw[name]) if name in sized else 0 for name in names]
@@ -113,7 +113,7 @@ def _data(raw, spec):
 
 def _token_level(raw, column) -> bool:
     for ds in raw.values():
-        if not data.is_iterable(ds) and column in (ds.column_names or []) and len(ds):
+        if not is_iterable(ds) and column in (ds.column_names or []) and len(ds):
             return isinstance(ds[0][column], list)
     return False
 
@@ -132,7 +132,7 @@ def _label_counts(ds, column: str, spec) -> Counter:
 
 
 def _lengths(features, cfg):
-    sized = {name: ds for name, ds in features.items() if not data.is_iterable(ds) and "length" in (ds.column_names or [])}
+    sized = {name: ds for name, ds in features.items() if not is_iterable(ds) and "length" in (ds.column_names or [])}
     if not sized:
         return None, "the tokenized splits have no length column (streamed data)"
     figure, ax = _figure()

@@ -24,8 +24,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from job import data, models, storage, tasks, training
+from job import models, storage, tasks, training
 from job.config import JobConfig, redacted, schema
+from job.data import sources
+from job.data.read_errors import storage_faults
+from job.data.rows import ROW_ID
 from job.errors import ConfigError, Interrupted
 from job.recipes import report
 from job.retraining import promotion, retention
@@ -74,7 +77,7 @@ def run(cfg: JobConfig, log_format: str = "text") -> RunResult:
     #    first worker loads and tokenizes first; the others then read datasets' cache.
     task = tasks.get(cfg.task.name)
     with args.main_process_first(local=True, desc="load and tokenize"):
-        raw = data.load_splits(cfg)
+        raw = sources.load_splits(cfg)
         spec = task.inspect(raw, cfg)
 
         # 2. Model and tokenizer (a builtin model trains its tokenizer on the training texts).
@@ -104,7 +107,7 @@ def run(cfg: JobConfig, log_format: str = "text") -> RunResult:
         trainer.add_callback(cached.one_thread())
     started = time.monotonic()
     # SIGTERM while training: a checkpoint at the next step, then exit 10. A streamed bucket that fails: exit 6.
-    with stop.deferred(), data.storage_faults(cfg.data):
+    with stop.deferred(), storage_faults(cfg.data):
         train_result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     publisher.wait()
     if publisher.stopped_at is not None:
@@ -202,7 +205,7 @@ def work_dir(cfg: JobConfig) -> Path:
 
 def _check_prediction_order(features, raw, predicted) -> None:
     """Predictions must line up with test rows one to one; a sampler that reorders them is a bug."""
-    if len(predicted.predictions) != len(raw) or features[data.ROW_ID] != raw[data.ROW_ID]:
+    if len(predicted.predictions) != len(raw) or features[ROW_ID] != raw[ROW_ID]:
         raise RuntimeError(f"{len(predicted.predictions)} predictions for {len(raw)} test rows, or rows out of order")
 
 

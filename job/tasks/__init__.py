@@ -16,7 +16,7 @@ A task module provides (no base class; the recipe in job/recipes/run.py calls th
     model_kwargs(spec)       config keyword arguments for the model (e.g. num_labels, id2label)
     preprocess(splits, tokenizer, cfg, spec)
                              tokenized splits with a `length` column, done once with batched map; the
-                             test split keeps data.ROW_ID, one feature row per input row (language
+                             test split keeps ROW_ID, one feature row per input row (language
                              models cut training text into blocks that are no one row)
     collator(tokenizer, cfg, spec, pad_to_multiple_of)
     compute_metrics(eval_prediction, spec) -> dict of floats (Trainer adds eval_/test_ prefixes)

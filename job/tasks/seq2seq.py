@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Iterator
 
-from job.data import (
+from job.data.rows import (
     ROW_ID,
     BadRow,
     column_error,

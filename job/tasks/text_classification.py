@@ -21,7 +21,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from job.data import (
+from job.data.rows import (
     ROW_ID,
     BadRow,
     column_error,

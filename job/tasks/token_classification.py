@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Iterator
 
-from job.data import (
+from job.data.rows import (
     ROW_ID,
     BadRow,
     column_error,

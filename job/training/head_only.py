@@ -25,7 +25,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from job.data import ROW_ID
+from job.data.rows import ROW_ID
 
 log = logging.getLogger(__name__)
 
