@@ -8,7 +8,7 @@ rotten_tomatoes rebuild, 8530/1066/1066 rows; all-MiniLM-L6-v2), batch 32, max_l
 changing only `model.train` and what the row says:
 
 - all: 1 epoch at Trainer's (and the mode's) learning rate, 5e-5: the lecture's fine-tuning;
-- head: nothing else: the mode's own defaults (job/training/trainer.py MODE_DEFAULTS: 10 epochs at 1e-2 on
+- head: nothing else: the mode's own defaults (job/training/trainers.py MODE_DEFAULTS: 10 epochs at 1e-2 on
   the cached vectors, mean pooling);
 - lora: 1 epoch, like the full row, at the mode's default rate (1e-3), rank 8 on every linear layer.
 

@@ -36,7 +36,7 @@ from job.config.schema import (
     to_dict,
 )
 from job.config.validation import validate
-from job.errors import ConfigError
+from job.errors import ConfigError, first_line
 
 # Keys of TrainingArguments the job owns: setting them would break where the job puts its files.
 _MANAGED_TRAINING_KEYS = {"output_dir": "the job stages under output.work_dir; set output.uri instead"}
@@ -192,7 +192,7 @@ def _read_yaml(path: str) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        problem = getattr(exc, "problem", None) or first_line(exc)
         raise ConfigError(f"invalid YAML{at}: {problem}", where=path) from None
     if data is None:
         return {}

@@ -23,7 +23,7 @@ import tempfile
 from typing import Any, Callable
 
 from job.config import env
-from job.errors import ConfigError
+from job.errors import ConfigError, first_line
 
 # key -> (test, what the value must be). Unset (None) values are left to TrainingArguments' defaults.
 _POSITIVE = (
@@ -99,6 +99,6 @@ def _check_combination(values: dict, where, arguments_class) -> None:
         try:
             arguments_class(output_dir=tmp, **values)
         except (ValueError, TypeError, ImportError) as exc:
-            text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            text = first_line(exc)
             key = next((k for k in values if k in text), None)
             raise ConfigError(text, where=where(key) if key else "training") from None

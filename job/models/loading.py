@@ -20,7 +20,7 @@ from pathlib import Path
 
 from job import storage
 from job.config import JobConfig, env, is_builtin
-from job.errors import ModelError
+from job.errors import ModelError, first_line
 from job.models import builtin, gguf, lora
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,7 @@ def _check_weights(location: str) -> None:
             with safe_open(str(path), framework="pt") as weights:
                 weights.keys()
         except Exception as exc:  # safetensors raises its own SafetensorError (and OSError for I/O)
-            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc, 200)
             raise ModelError(f"not a readable safetensors weights file ({first})", where=str(path)) from exc
 
 
@@ -157,7 +157,7 @@ def _check_model_type(config, cls, location: str) -> None:
 
 
 def _explain(exc: Exception, location: str) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = first_line(exc, 10_000)
     if not Path(location).exists() and env.hub_offline():
         return f"not a local directory, and the Hub is off (HF_HUB_OFFLINE=1): {text[:200]}"
     return text[:300]
@@ -169,7 +169,7 @@ def _set_attention(model, name: str) -> None:
     try:
         model.set_attn_implementation(name)
     except (ImportError, ValueError) as exc:
-        raise ModelError(str(exc).strip().splitlines()[0][:300], where="model.attn_implementation") from None
+        raise ModelError(first_line(exc), where="model.attn_implementation") from None
     if model.config._attn_implementation != name:  # transformers only warns for a model that cannot switch
         raise ModelError(f"{type(model).__name__} cannot switch its attention to {name}", where="model.attn_implementation")
     log.info("model: %s attention", name)

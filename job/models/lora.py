@@ -40,7 +40,7 @@ from pathlib import Path
 
 from job.config import JobConfig, ModelConfig
 from job.config import LoraConfig as LoraSettings
-from job.errors import ConfigError
+from job.errors import ConfigError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def wrap(model, settings: LoraSettings, task):
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             wrapped = get_peft_model(model, config)
     except ValueError as exc:  # e.g. "Target modules {...} not found in the base model"
-        raise ConfigError(str(exc).strip().splitlines()[0][:300], where="lora.target_modules") from None
+        raise ConfigError(first_line(exc), where="lora.target_modules") from None
     log.info("lora: rank %d, alpha %g on %d layers; trained in full: %s", settings.r, settings.alpha,
              len(_adapted(wrapped)), ", ".join(heads) or "nothing else")
     return wrapped

@@ -16,7 +16,7 @@ from pathlib import Path
 from job import models, storage, tasks, training
 from job.config import DataConfig, JobConfig, TaskConfig
 from job.data import sources
-from job.errors import ModelError
+from job.errors import ModelError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def _load(model_dir: Path, task, uri: str, work: Path, trust_remote_code: bool):
     try:
         return models.load_published(model_dir, task, work, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise ModelError(str(exc).splitlines()[0][:300], where=uri) from exc
+        raise ModelError(first_line(exc), where=uri) from exc
 
 
 def _write_output(path: Path, uri: str) -> None:

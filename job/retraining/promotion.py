@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Callable
 
 from job import models, storage, training
-from job.errors import ModelError
+from job.errors import ModelError, first_line
 from job.retraining import champion
 
 log = logging.getLogger(__name__)
@@ -322,7 +322,7 @@ def _load(model_dir: Path, cfg, task, spec, run_id: str):
         # model another run (or anyone with write access to the bucket) left behind the pointer.
         tokenizer, model = models.load_published(model_dir, task, model_dir / "base", trust_remote_code=False)
     except (OSError, ValueError, KeyError, ModelError) as exc:
-        raise Incomparable(f"its model does not load: {str(exc).splitlines()[0][:200]}") from exc
+        raise Incomparable(f"its model does not load: {first_line(exc, 200)}") from exc
     ours = task.model_kwargs(spec).get("id2label")
     if ours is not None:
         theirs = {int(k): v for k, v in (model.config.id2label or {}).items()}

@@ -23,7 +23,7 @@ A task module provides (no base class; the recipe in job/recipes/run.py calls th
     report(predict_output, spec) -> dict of non-scalar test metrics (confusion matrix, per-class report)
     prediction_rows(raw_test, predict_output, spec) -> iterator of JSON-ready dicts, one per test row
 
-and, only when it needs them (job/training/trainer.py reads these with getattr):
+and, only when it needs them (job/training/trainers.py reads these with getattr):
 
     TRAINER                  (Trainer class, TrainingArguments class) names to build on instead of
                              Trainer/TrainingArguments, e.g. seq2seq's Seq2SeqTrainer, which generates

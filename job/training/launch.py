@@ -23,7 +23,7 @@ import sys
 from dataclasses import dataclass
 
 from job.config import JobConfig, env
-from job.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, ConfigError
+from job.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, ConfigError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def run_workers(p: Plan, argv: list[str], run_id: str, grace_seconds: int) -> in
     except SignalException:
         return EXIT_INTERRUPTED
     except Exception as exc:  # rendezvous timeout, unreachable node 0, ...
-        log.error("launch failed: %s: %s", type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+        log.error("launch failed: %s: %s", type(exc).__name__, first_line(exc))
         return EXIT_INTERNAL
     return 0
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from job import tasks
 from job.config import JobConfig
-from job.errors import ConfigError
+from job.errors import ConfigError, first_line
 from job.training import throughput
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def arguments(cfg: JobConfig, output_dir: Path, *, progress_bars: bool):
     try:
         return _classes(task)[1](output_dir=str(output_dir), **{**defaults, **cfg.training})
     except (ValueError, TypeError) as exc:
-        raise ConfigError(str(exc).strip().splitlines()[0][:300], where="training") from exc
+        raise ConfigError(first_line(exc), where="training") from exc
 
 
 def final_evaluation(trainer) -> dict:
