@@ -185,14 +185,13 @@ def _job_trainer(workload: str, prepared: dict, changes: dict, args, folder: Pat
         raw.setdefault(section, {}).update(values)
     path = folder / "job.yaml"
     path.write_text(yaml.safe_dump(raw))
-    from job import training
     from job.cli import config_loader
 
     cfg = config_loader.load(str(path), use_env=False)
-    return job_recipe(cfg, folder, pad_to_multiple_of=8 if training.on_gpu() else None)[0]
+    return job_recipe(cfg, folder)[0]
 
 
-def job_recipe(cfg, folder: Path, pad_to_multiple_of: int | None = None):
+def job_recipe(cfg, folder: Path):
     """job/recipes/run.py's steps 1-4 in this process, up to a Trainer ready to train: (trainer, features, spec).
     The benchmarks and tests/test_throughput.py measure what it builds."""
     from job import models, tasks, training
@@ -204,8 +203,7 @@ def job_recipe(cfg, folder: Path, pad_to_multiple_of: int | None = None):
     tokenizer, model = models.load(cfg, task, spec, splits["train"], folder)
     if hasattr(task, "fit_to_model"):
         spec = task.fit_to_model(spec, model, cfg)
-    features = task.preprocess(splits, tokenizer, cfg, spec)
-    collator = task.collator(tokenizer, cfg, spec, pad_to_multiple_of=pad_to_multiple_of)
+    features, collator = training.prepare(cfg, task, spec, tokenizer, splits)
     trainer_args = training.arguments(cfg, folder / "trainer", progress_bars=False)
     return training.trainer(cfg, trainer_args, model, tokenizer, features, collator, compute_metrics=None), features, spec
 

@@ -40,10 +40,9 @@ def predict(
         rows = sources.load_file(input_uri, cfg)
         tokenizer, model = _load(model_dir, task, model_uri, work, trust_remote_code)
         spec = task.spec_from_model(model.config, cfg, rows)
-        features = task.preprocess({"test": rows}, tokenizer, cfg, spec)["test"]
-        collator = task.collator(tokenizer, cfg, spec, pad_to_multiple_of=8 if training.on_gpu() else None)
+        features, collator = training.prepare(cfg, task, spec, tokenizer, {"test": rows})
         predictor = training.predictor(cfg, model, tokenizer, collator, batch_size, work / "trainer")
-        predicted = predictor.predict(features, metric_key_prefix="predict")
+        predicted = predictor.predict(features["test"], metric_key_prefix="predict")
         out_path = work / "predictions.jsonl"
         count = 0
         with open(out_path, "w", encoding="utf-8") as out:

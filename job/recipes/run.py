@@ -86,15 +86,14 @@ def run(cfg: JobConfig, log_format: str = "text") -> RunResult:
             spec = task.fit_to_model(spec, model, cfg)
 
         # 3. Features: tokenized once; padding happens per batch in the collator.
-        features = task.preprocess(raw, tokenizer, cfg, spec)
+        features, collator = training.prepare(cfg, task, spec, tokenizer, raw)
         resume_from = checkpoints.fetch_latest(store, run_id, work / "resume", config_sha)
-    collator = task.collator(tokenizer, cfg, spec, pad_to_multiple_of=8 if training.on_gpu() else None)
     trained = models.parameter_counts(model, cfg)
     tokenized, cached = features, None
     if cfg.model.train == "head":
         # The frozen body reads every row once (all workers together); the head then trains and is
         # scored on its vectors, and the run publishes body and head as one model (job/training/head_only.py).
-        cached = head_only.prepare(model, features, collator, args)
+        cached = head_only.cache_features(model, features, collator, args)
         model, features, collator = cached.head, cached.features, cached.collator
 
     # 4. Train (from the latest complete checkpoint, if any), evaluate on validation, predict on test.

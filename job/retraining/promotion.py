@@ -304,10 +304,9 @@ def evaluator(cfg, store, task, spec, raw, args) -> Callable[[str], float | None
         with tempfile.TemporaryDirectory(prefix="finetune-champion-") as tmp:
             store.download(storage.join(run_id, "model"), Path(tmp))
             tokenizer, model = _load(Path(tmp), cfg, task, spec, run_id)
-            features = task.preprocess({split: raw[split]}, tokenizer, cfg, spec)[split]
-            collator = task.collator(tokenizer, cfg, spec, pad_to_multiple_of=8 if training.on_gpu() else None)
-            scorer = training.evaluator(cfg, args, model, tokenizer, collator, lambda p: task.compute_metrics(p, spec), features)
-            value = scorer.predict(features, metric_key_prefix=prefix).metrics.get(metric)
+            features, collator = training.prepare(cfg, task, spec, tokenizer, {split: raw[split]})
+            scorer = training.evaluator(cfg, args, model, tokenizer, collator, lambda p: task.compute_metrics(p, spec), features[split])
+            value = scorer.predict(features[split], metric_key_prefix=prefix).metrics.get(metric)
         if not isinstance(value, (int, float)):
             raise Incomparable(f"its evaluation gives no {metric}")
         log.info("promotion: champion %s scores %s %s on this run's %s rows", run_id, metric, value, split)

@@ -77,7 +77,7 @@ class HeadOnly:
         return {"features_seconds": round(self.seconds, 2), "features_tokens": self.tokens}
 
 
-def prepare(model, features: dict, collator, args) -> HeadOnly:
+def cache_features(model, features: dict, collator, args) -> HeadOnly:
     """Run the frozen body of `model` (a PooledTextClassifier) once over every split of the
     tokenized `features`; return the vectors as datasets the head trains and is scored on."""
     started = time.monotonic()
