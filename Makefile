@@ -34,21 +34,21 @@ test-fast: $(STAMP)
 ## soak: the long fault-injection run: 12 runs at 10-30% storage faults and 40 promote/rollback commands (~15 min)
 .PHONY: soak
 soak: $(STAMP)
-	FAULT_SOAK=1 $(BIN)/python -m pytest tests/test_faults_runs.py -k soak -s
+	FAULT_SOAK=1 $(BIN)/python -m pytest tests/e2e/test_faults_runs.py -k soak -s
 
 ## bench: padding (classification, causal-lm packing) and evaluation costs, against baselines in the same run
 bench: $(STAMP)
-	$(BIN)/python tests/bench_padding.py
-	$(BIN)/python tests/bench_evaluation.py
+	$(BIN)/python benchmarks/bench_padding.py
+	$(BIN)/python benchmarks/bench_evaluation.py
 
 ## bench-transfer: full fine-tuning, head-only and LoRA on all-MiniLM-L6-v2 (../shared), one table
 bench-transfer: $(STAMP)
-	$(BIN)/python tests/bench_transfer.py
+	$(BIN)/python benchmarks/bench_transfer.py
 
 ## bench-gpu: training tokens/s and MFU, the job's defaults against plain Trainer and each GPU default on/off
-## (tiny models on CPU; on a GPU machine without this venv: bash tests/gpu_check.sh)
+## (tiny models on CPU; on a GPU machine without this venv: bash benchmarks/gpu_check.sh)
 bench-gpu: $(STAMP)
-	$(BIN)/python tests/bench_gpu.py
+	$(BIN)/python benchmarks/bench_gpu.py
 
 # ---- the container image (docker/Dockerfile) ----
 .PHONY: image image-gpu docker-run

@@ -3,7 +3,7 @@
 Every run's metrics.json gets `train_tokens` (the non-padding input tokens the trainer consumed, all
 workers together; like `train_runtime`, only this attempt's: a resumed run counts the steps it
 trained after the checkpoint), `train_tokens_per_second` (over `train_runtime`) and, on a GPU whose peak is in
-PEAK_BF16_TFLOPS, `train_mfu`; `make bench-gpu` (tests/bench_gpu.py) uses the same functions.
+PEAK_BF16_TFLOPS, `train_mfu`; `make bench-gpu` (benchmarks/bench_gpu.py) uses the same functions.
 
     MFU = model FLOPs per token x tokens per second / (the device's dense bf16 peak x GPUs)
 

@@ -1,9 +1,9 @@
-"""Storage that fails: the job's S3 operations through a fault-injecting proxy (tests/faultproxy.py) in
+"""Storage that fails: the job's S3 operations through a fault-injecting proxy (tests/support/faultproxy.py) in
 front of the real S3 server, which answers 503 and 500, resets connections mid-request and mid-reply,
 cuts headers and bodies short, and delays. What the job reads is compared with what the server holds,
 read directly (not through the proxy).
 
-The end-to-end runs (real training, real promotion) are in tests/test_faults_runs.py.
+The end-to-end runs (real training, real promotion) are in tests/e2e/test_faults_runs.py.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import time
 import pytest
 
 from conftest import base_env, run_cli
-from faultproxy import FAULTS, FaultProxy
+from support.faultproxy import FAULTS, FaultProxy
 from job import storage
 from job.retraining import champion
 from job.config import S3Config

@@ -4,7 +4,7 @@ Checked on the models transformers builds for GPT-2 and Llama, with sdpa and eag
 both batch layouts (padded rows; one flat row, FlashAttention's): a packed batch gives every token the
 loss it gets when its document is run alone (within PACKED_LOSS_TOLERANCE nats), and changing the
 tokens of one document leaves the logits of the next one in the same row unchanged. On a machine
-with a GPU the same checks run on it too (tests/gpu_check.sh)."""
+with a GPU the same checks run on it too (benchmarks/gpu_check.sh)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """`make bench`: the job's defaults against padding every batch to max_length (the HF example scripts' default),
 and for causal-lm, packed documents against blocks cut across documents.
 
-    python tests/bench_padding.py                  # rotten_tomatoes rebuild from ../shared, 1 epoch; Multi30k captions
-    python tests/bench_padding.py --epochs 2 --max-length 128
+    python benchmarks/bench_padding.py                  # rotten_tomatoes rebuild from ../shared, 1 epoch; Multi30k captions
+    python benchmarks/bench_padding.py --epochs 2 --max-length 128
 
 Each variant is one real `finetune-job run` in its own process (builtin tiny BERT, same seed, same data),
 so wall time and peak RSS are the whole job's. Train samples/s and tokens/s come from the run's
@@ -27,7 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent))  # the other benchmarks
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # conftest's helpers, support/
 from bench_gpu import job_recipe  # noqa: E402
 from conftest import SHARED, base_env, rotten_tomatoes_splits, write_jsonl, write_yaml  # noqa: E402
 

@@ -1,8 +1,8 @@
 """Write the rotten_tomatoes rebuild (../shared/data/rt-polaritydata, HF's split rule: 8530/1066/1066 rows)
 as the jsonl files job/configs/text-classification-minilm.yaml reads.
 
-    python tests/rotten_tomatoes.py                    # /tmp/rotten_tomatoes/{train,validation,test}.jsonl
-    python tests/rotten_tomatoes.py FOLDER
+    python tests/support/rotten_tomatoes.py                    # /tmp/rotten_tomatoes/{train,validation,test}.jsonl
+    python tests/support/rotten_tomatoes.py FOLDER
 
 Rows are {"text": ..., "label": 0 or 1} (0 negative, 1 positive), as tests/conftest.py's
 rotten_tomatoes_splits() builds them. The files are derived data: they stay outside the repository.
@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for conftest
 from conftest import rotten_tomatoes_splits, write_jsonl  # noqa: E402
 
 FOLDER = Path("/tmp/rotten_tomatoes")

@@ -1,7 +1,7 @@
 """The champion pointer, the gate's rule, the commands and retention, against the real S3 server.
 
 Runs here are made by hand (a `_SUCCESS` manifest and a metrics.json are all the pointer looks at), so
-these tests train nothing; tests/test_champion_run.py does the same end to end with real training.
+these tests train nothing; tests/e2e/test_champion_run.py does the same end to end with real training.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import rotten_tomatoes
+from support import rotten_tomatoes
 from conftest import DEMO, ROOT, SHARED, base_env, read_jsonl, run_cli, tiny_config, write_jsonl, write_yaml
 from job.cli import config_loader
 from job.errors import ConfigError

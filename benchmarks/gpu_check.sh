@@ -2,10 +2,10 @@
 # The GPU check (issue 13) in one go: the GPU's name, packing checked on it, `make bench-gpu`'s table,
 # and the demo and tiny causal-lm runs with their train tokens/s and MFU.
 #
-#   bash tests/gpu_check.sh prepare   # here, with PyPI: fills .gpu/ (git-ignored) with what the GPU machine lacks
-#   bash tests/gpu_check.sh           # there, from the repository root, .gpu/ beside it; about 8 minutes on an H100
+#   bash benchmarks/gpu_check.sh prepare   # here, with PyPI: fills .gpu/ (git-ignored) with what the GPU machine lacks
+#   bash benchmarks/gpu_check.sh           # there, from the repository root, .gpu/ beside it; about 8 minutes on an H100
 #
-# With this workplace's device tool: run(command="bash tests/gpu_check.sh", carry=[".gpu/wheels", ".gpu/shared"], timeout_s=600);
+# With this workplace's device tool: run(command="bash benchmarks/gpu_check.sh", carry=[".gpu/wheels", ".gpu/shared"], timeout_s=600);
 # the table, its JSON and the logs come back from $OUT.
 #
 # What the GPU machine must already have: a python3 with a CUDA build of torch (the device machines'
@@ -38,7 +38,7 @@ if [ "${1:-}" = prepare ]; then
         mkdir -p "$GPU/shared/$(dirname "$file")" && cp "../shared/$file" "$GPU/shared/$file"
     done
     du -sh "$GPU"
-    echo "ready: run 'bash tests/gpu_check.sh' on the GPU machine with $GPU/ beside it (device tool: carry [\"$GPU/wheels\", \"$GPU/shared\"])"
+    echo "ready: run 'bash benchmarks/gpu_check.sh' on the GPU machine with $GPU/ beside it (device tool: carry [\"$GPU/wheels\", \"$GPU/shared\"])"
     exit 0
 fi
 
@@ -66,12 +66,12 @@ print("GPU:", torch.cuda.get_device_name() if torch.cuda.is_available() else "no
 PYTHON
 $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() or '${GPU_CHECK_ALLOW_CPU:-}' else 'no GPU visible to $PY')"
 
-echo "== make bench-gpu (tests/bench_gpu.py)"
-timeout 480 $PY tests/bench_gpu.py --shared "$SHARED" --json "$OUT_DIR/bench-gpu.json" --budget 360 ${BENCH_ARGS:-} \
+echo "== make bench-gpu (benchmarks/bench_gpu.py)"
+timeout 480 $PY benchmarks/bench_gpu.py --shared "$SHARED" --json "$OUT_DIR/bench-gpu.json" --budget 360 ${BENCH_ARGS:-} \
     2> "$OUT_DIR/bench-gpu.log" | tee "$OUT_DIR/bench-gpu.txt" || { echo "bench-gpu failed or timed out; its log:"; tail -40 "$OUT_DIR/bench-gpu.log"; }
 
-echo "== packing on this device (tests/test_packing.py)"
-$PY -m pytest tests/test_packing.py -q -p no:cacheprovider -k "${PACKING_TESTS:-cuda}" 2>&1 | tail -5 || true
+echo "== packing on this device (tests/tasks/test_packing.py)"
+$PY -m pytest tests/tasks/test_packing.py -q -p no:cacheprovider -k "${PACKING_TESTS:-cuda}" 2>&1 | tail -5 || true
 
 echo "== the demo run and the tiny causal-lm run: train tokens/s and MFU from metrics.json"
 runs=$(mktemp -d)

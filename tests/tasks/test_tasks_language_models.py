@@ -10,7 +10,7 @@ import math
 import pytest
 
 from conftest import ROOT, SHARED, base_env, read_jsonl, run_cli, write_jsonl, write_yaml
-from tiny_models import BERT_VOCAB, bert_with_real_vocab
+from support.tiny_models import BERT_VOCAB, bert_with_real_vocab
 
 STORIES = SHARED / "models" / "stories260K-gguf" / "stories260K.gguf"
 MULTI30K = SHARED / "data" / "multi30k-en-de"

@@ -18,7 +18,7 @@ VOCAB = SHARED / "models" / "bert-uncased-vocab" / "vocab.txt"
 def test_bench_gpu_runs_on_cpu_and_prints_one_table(tmp_path):
     variants = "plain Trainer,job defaults,packing off (blocks across documents)"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "bench_gpu.py"), "--same-process", "--steps", "2", "--warmup", "1",
+        [sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--same-process", "--steps", "2", "--warmup", "1",
          "--texts", "200", "--variants", variants, "--json", str(tmp_path / "bench.json")],
         env=base_env(), cwd=tmp_path, capture_output=True, text=True, timeout=600,
     )

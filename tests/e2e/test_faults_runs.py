@@ -1,5 +1,5 @@
 """Real runs against storage that fails: the job (a subprocess, real training, real champion scoring)
-talks to the S3 server through the fault-injecting proxy (tests/faultproxy.py); every check reads the
+talks to the S3 server through the fault-injecting proxy (tests/support/faultproxy.py); every check reads the
 server directly.
 
 - a failure after `_SUCCESS` (the pointer write) is completed by the rerun;
@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from conftest import DEMO, base_env, run_cli, s3_keys, tiny_config, write_yaml
-from faultproxy import FAULTS, FaultProxy
+from support.faultproxy import FAULTS, FaultProxy
 
 pytestmark = pytest.mark.slow
 

@@ -2,7 +2,7 @@
 
 No registry is reachable here, so the base image is made with debootstrap (Debian 12 minbase) and
 cached under BASE_IMAGE; the CPU image is built on it with `make image`, as a user would. The
-container then runs with what the rendered local-cpu Job says (tests/kube.py translates its pod
+container then runs with what the rendered local-cpu Job says (tests/support/kube.py translates its pod
 spec): command, environment, user, read-only root, tmpfs scratch, limits.
 
 The container uses the host's network: the S3 server listens on loopback only, so the endpoint
@@ -30,7 +30,7 @@ import yaml
 
 from conftest import ROOT, S3_PORT, skip_or_fail, start_s3, stop_s3
 from job import errors
-from kube import K8S, Pod, docker_run, find, job_pod, kubectl, render
+from support.kube import K8S, Pod, docker_run, find, job_pod, kubectl, render
 
 BASE_IMAGE = "finetune-job-base:bookworm"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
@@ -225,7 +225,7 @@ def test_sigterm_saves_a_checkpoint_and_the_same_job_resumes(cpu_image, local_cp
             assert running.stdout.strip() == "true", f"the job ended before training:\n{logs[-3000:]}"
             assert time.monotonic() < deadline, f"no training step logged in 300 s:\n{logs[-3000:]}"
             time.sleep(1)
-        # No --time: the container's stop timeout is the pod's terminationGracePeriodSeconds (tests/kube.py).
+        # No --time: the container's stop timeout is the pod's terminationGracePeriodSeconds (tests/support/kube.py).
         subprocess.run(["docker", "stop", name], check=True, capture_output=True, timeout=400)
         state = json.loads(subprocess.run(["docker", "inspect", "-f", "{{json .State}}", name],
                                           capture_output=True, text=True, check=True).stdout)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, SHARED, base_env, read_jsonl, run_cli, write_jsonl, write_yaml
-from tiny_models import BERT_VOCAB, bert_with_real_vocab
+from support.tiny_models import BERT_VOCAB, bert_with_real_vocab
 
 WNUT = SHARED / "data" / "wnut17"
 TINY_CONFIG = ROOT / "job" / "configs" / "token-classification-tiny.yaml"

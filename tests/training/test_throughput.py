@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 
 import pytest
 
-from conftest import DEMO, write_yaml
+from conftest import DEMO, ROOT, write_yaml
 
 
 def _cfg(tmp_path, raw: dict):
@@ -49,7 +50,8 @@ def test_dense_bf16_peaks_by_device_name(name, tflops):
 
 def _train(tmp_path, raw: dict):
     """The recipe of job/recipes/run.py up to training, in this process; returns (train metrics, train features, spec)."""
-    from bench_gpu import job_recipe
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_gpu import job_recipe  # the run recipe's steps up to a Trainer, as the benchmarks measure them
 
     trainer, features, spec = job_recipe(_cfg(tmp_path, raw), tmp_path)
     return trainer.train().metrics, features["train"], spec

@@ -19,7 +19,7 @@ import yaml
 
 from conftest import skip_or_fail
 from job import errors
-from kube import K8S, OVERLAYS, ROOT, expand, find, job_pod, job_pod_labels, kubectl, render
+from support.kube import K8S, OVERLAYS, ROOT, expand, find, job_pod, job_pod_labels, kubectl, render
 
 VERSIONS = ("1.31.0", kubernetes_validate.latest_version())
 FATAL_EXIT_CODES = {errors.EXIT_USAGE, errors.EXIT_CONFIG, errors.EXIT_DATA, errors.EXIT_MODEL}

@@ -1,6 +1,6 @@
 """`make bench` (second table): what evaluating during training costs, per-epoch against the job's defaults.
 
-    python tests/bench_evaluation.py                 # E2E NLG data-to-text (seq2seq) and the rotten_tomatoes rebuild
+    python benchmarks/bench_evaluation.py                 # E2E NLG data-to-text (seq2seq) and the rotten_tomatoes rebuild
 
 Each row is one real `finetune-job run` in its own process, same seed and data. seq2seq generates text to
 evaluate, which dominates short runs: the job evaluates it once, at the end, where Hugging Face's
@@ -19,7 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent))  # the other benchmarks
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # conftest's helpers, support/
 from bench_padding import run_job, write_data  # noqa: E402
 from conftest import SHARED, base_env, write_yaml  # noqa: E402
 

@@ -1,6 +1,6 @@
 """The security review's findings, each fixed and shown here: downloads that would escape their folder,
 the work dir, hub_token on disk, secrets in URLs, the log scrubber, the umask, run ids, and whose code
-`trust_remote_code` runs. (The k8s image tags are checked in tests/test_k8s.py.)"""
+`trust_remote_code` runs. (The k8s image tags are checked in tests/deploy/test_k8s.py.)"""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import DEMO, SHARED, base_env, run_cli, tiny_config, write_yaml
-from faultproxy import FaultProxy
+from support.faultproxy import FaultProxy
 from job import storage
 from job.cli import config_loader
 from job.cli import logs

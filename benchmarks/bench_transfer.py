@@ -1,7 +1,7 @@
 """`make bench-transfer`: full fine-tuning, head-only and LoRA on a pretrained encoder, one table.
 
-    python tests/bench_transfer.py                       # all-MiniLM-L6-v2 on the rotten_tomatoes rebuild
-    python tests/bench_transfer.py --train-rows 1000     # a quicker look on a subset
+    python benchmarks/bench_transfer.py                       # all-MiniLM-L6-v2 on the rotten_tomatoes rebuild
+    python benchmarks/bench_transfer.py --train-rows 1000     # a quicker look on a subset
 
 Each row is one real `finetune-job run` in its own process on the same data (../shared's
 rotten_tomatoes rebuild, 8530/1066/1066 rows; all-MiniLM-L6-v2), batch 32, max_length 128, seed 42,
@@ -27,10 +27,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent))  # the other benchmarks
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # conftest's helpers, support/
 from bench_padding import run_job  # noqa: E402
 from conftest import SHARED, base_env, write_yaml  # noqa: E402
-from rotten_tomatoes import write  # noqa: E402
+from support.rotten_tomatoes import write  # noqa: E402
 
 
 MODEL = SHARED / "models" / "all-MiniLM-L6-v2"

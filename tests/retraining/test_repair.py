@@ -1,6 +1,6 @@
 """What a rerun of a finished run id does with a promotion that a failure after `_SUCCESS` left
 undone (job/retraining/promotion.py: settle), on hand-made runs in both kinds of store. The same end to end, with
-real training and a real failure, is in tests/test_faults_runs.py."""
+real training and a real failure, is in tests/e2e/test_faults_runs.py."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """`make bench-gpu`: training throughput and MFU of the job's defaults against plain Trainer defaults,
 and each GPU default turned off (or on) by itself, as one table.
 
-    python tests/bench_gpu.py                        # on a GPU: BERT-base classification, a 125M Llama causal-lm
-    python tests/bench_gpu.py --tiny --steps 5       # on CPU (tiny models, no MFU): what CI runs, smaller
-    python tests/bench_gpu.py --variants "plain Trainer,job defaults" --batch-size 256
+    python benchmarks/bench_gpu.py                        # on a GPU: BERT-base classification, a 125M Llama causal-lm
+    python benchmarks/bench_gpu.py --tiny --steps 5       # on CPU (tiny models, no MFU): what CI runs, smaller
+    python benchmarks/bench_gpu.py --variants "plain Trainer,job defaults" --batch-size 256
 
 Workloads, both with random weights built from a config (no download) and the real bert-base-uncased
 WordPiece vocabulary from ../shared:
@@ -193,7 +193,7 @@ def _job_trainer(workload: str, prepared: dict, changes: dict, args, folder: Pat
 
 def job_recipe(cfg, folder: Path):
     """job/recipes/run.py's steps 1-4 in this process, up to a Trainer ready to train: (trainer, features, spec).
-    The benchmarks and tests/test_throughput.py measure what it builds."""
+    The benchmarks and tests/training/test_throughput.py measure what it builds."""
     from job import models, tasks, training
     from job.data import sources
 
