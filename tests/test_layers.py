@@ -92,3 +92,62 @@ def test_the_checker_sees_function_body_imports(tmp_path, monkeypatch):
     found = violations()
     assert any("job/config/bad.py:2: config (level 1) imports job.retraining.champion" in p for p in found), found
     assert any("job/tasks/sideways.py:1: tasks (level 4) imports job.models.lora" in p for p in found), found
+
+
+HEAVY = ("torch", "transformers", "datasets", "boto3", "botocore", "peft", "matplotlib", "numpy", "sklearn")
+
+
+def _top_level_imports(path: Path) -> set[str]:
+    """The top-level packages a module imports at import time (not inside functions)."""
+    names = set()
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def _module_file(module: str) -> Path | None:
+    parts = module.split(".")[1:]
+    for n in range(len(parts), 0, -1):
+        for candidate in (JOB.joinpath(*parts[:n]).with_suffix(".py"), JOB.joinpath(*parts[:n], "__init__.py")):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def lazy_imports_of_light_modules() -> list[str]:
+    """Function-body imports of job modules that import no heavy library at their top: such a lazy
+    import saves nothing and hides an arrow from the reader."""
+    problems = []
+    for path in sorted(JOB.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for function in (n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))):
+            for node in ast.walk(function):
+                if not isinstance(node, ast.ImportFrom) or not (node.module or "").startswith("job"):
+                    continue
+                for alias in node.names:  # `from job.models import pooled` imports job.models.pooled
+                    target = f"{node.module}.{alias.name}"
+                    found = _module_file(target)
+                    if found is None or found.name == "__init__.py" and node.module != "job":
+                        target, found = node.module, _module_file(node.module)
+                    if found is not None and not _top_level_imports(found) & set(HEAVY):
+                        problems.append(f"{path.relative_to(JOB.parent)}:{node.lineno}: lazy import of {target}")
+    return problems
+
+
+def test_job_modules_are_imported_lazily_only_to_defer_a_heavy_library():
+    assert lazy_imports_of_light_modules() == []
+
+
+def test_the_checker_tells_a_lazy_import_that_saves_nothing(tmp_path, monkeypatch):
+    fake = tmp_path / "job"
+    (fake / "models").mkdir(parents=True)
+    (fake / "models" / "light.py").write_text("import json\n")
+    (fake / "models" / "heavy.py").write_text("import torch\n")
+    (fake / "models" / "user.py").write_text(
+        "def f():\n    from job.models import light\n\ndef g():\n    from job.models import heavy\n"
+    )
+    monkeypatch.setattr(sys.modules[__name__], "JOB", fake)
+    assert lazy_imports_of_light_modules() == ["job/models/user.py:2: lazy import of job.models.light"]
