@@ -1,4 +1,6 @@
-"""Tasks: one flat module per kind of fine-tuning, all behind the same small interface.
+"""Level 4 of the job (../shared/LAYOUT.md): tasks, one flat module per kind of fine-tuning, all behind
+the same small interface. May import job.data.rows, job.config and job.errors; never job.models (a sibling:
+the recipe hands the model to the task).
 
 A task module provides (no base class; the recipe in job/recipes/run.py calls these names):
 
