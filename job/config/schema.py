@@ -160,10 +160,8 @@ class JobConfig:
 
 
 # Sections whose keys are declared by a dataclass; `training` and the task settings are checked elsewhere.
-
-
-# Sections whose keys are declared by a dataclass; `training` and the task settings are checked elsewhere.
-SECTIONS = {    "model": ModelConfig,
+SECTIONS = {
+    "model": ModelConfig,
     "data": DataConfig,
     "output": OutputConfig,
     "s3": S3Config,
