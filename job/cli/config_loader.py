@@ -26,15 +26,7 @@ from job import tasks
 from job.config import env, training_args
 from job.config.formats import FORMAT_COLUMNS, declared_format
 from job.config.redacted import REDACTED, is_secret
-from job.config.schema import (
-    SECTIONS,
-    TOP_LEVEL,
-    JobConfig,
-    TaskConfig,
-    flatten,
-    is_builtin,
-    to_dict,
-)
+from job.config.schema import SECTIONS, TOP_LEVEL, JobConfig, TaskConfig, flatten, is_builtin, to_dict
 from job.config.validation import validate
 from job.errors import ConfigError, first_line
 

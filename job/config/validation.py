@@ -7,15 +7,7 @@ import re
 
 from job.config import dated_paths
 from job.config.formats import FILE_FORMATS
-from job.config.schema import (
-    LORA_PUBLISH,
-    POOLINGS,
-    PROMOTION_MODES,
-    RESERVED,
-    TRAIN_MODES,
-    JobConfig,
-    is_builtin,
-)
+from job.config.schema import LORA_PUBLISH, POOLINGS, PROMOTION_MODES, RESERVED, TRAIN_MODES, JobConfig, is_builtin
 from job.errors import ConfigError
 
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # matched whole: "abc\n" is not a run id

@@ -100,15 +100,7 @@ def _load_conll(files: dict[str, list[str]], kwargs: dict, streaming: bool):
     separated columns: the first is the token, the last the tag, as in CoNLL-2003), sentences separated
     by blank lines. A file with one column throughout has no tags (input to predict). Read here because
     datasets has no CoNLL builder; held in memory unless streaming (NER files are small)."""
-    from datasets import (
-        Dataset,
-        DatasetDict,
-        Features,
-        IterableDataset,
-        IterableDatasetDict,
-        List,
-        Value,
-    )
+    from datasets import Dataset, DatasetDict, Features, IterableDataset, IterableDatasetDict, List, Value
 
     options = kwargs.get("storage_options", {})
     splits = {}

@@ -59,14 +59,7 @@ def _wordpiece_tokenizer(texts: Iterable[str], vocab_size: int, model_max_length
     `options` name the special tokens a family expects among ours (T5's eos, GPT's bos/eos) and the
     inputs its model takes (no token_type_ids for T5 and GPT-2, whose GPT-2 would embed them). Cased
     (`lowercase=False`) where the output is text compared with references."""
-    from tokenizers import (
-        Tokenizer,
-        decoders,
-        models,
-        normalizers,
-        pre_tokenizers,
-        processors,
-    )
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     normalizer, pre_tokenizer = normalizers.BertNormalizer(lowercase=lowercase), pre_tokenizers.BertPreTokenizer()

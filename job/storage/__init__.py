@@ -18,11 +18,4 @@ from job.storage.layout import (  # noqa: F401
     replace_file,
     sha256_file,
 )
-from job.storage.stores import (  # noqa: F401
-    LocalStore,
-    S3Store,
-    fsspec_options,
-    glob_s3,
-    join,
-    open_store,
-)
+from job.storage.stores import LocalStore, S3Store, fsspec_options, glob_s3, join, open_store  # noqa: F401

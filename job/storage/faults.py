@@ -61,11 +61,7 @@ def cut_reply_errors() -> tuple[type, ...]:
     import socket
 
     from boto3.exceptions import RetriesExceededError, S3UploadFailedError
-    from botocore.exceptions import (
-        ConnectionError,
-        HTTPClientError,
-        IncompleteReadError,
-    )
+    from botocore.exceptions import ConnectionError, HTTPClientError, IncompleteReadError
     from botocore.parsers import ResponseParserError
     from urllib3.exceptions import HTTPError
 

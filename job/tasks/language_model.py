@@ -31,14 +31,7 @@ from dataclasses import dataclass
 from itertools import chain
 from typing import Any, Iterator
 
-from job.data.rows import (
-    ROW_ID,
-    BadRow,
-    column_error,
-    is_iterable,
-    max_tokens,
-    rows_named,
-)
+from job.data.rows import ROW_ID, BadRow, column_error, is_iterable, max_tokens, rows_named
 
 NO_TARGET = -1.0  # a position's loss when nothing is predicted there (a loss is never negative)
 

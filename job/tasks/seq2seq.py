@@ -23,15 +23,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Iterator
 
-from job.data.rows import (
-    ROW_ID,
-    BadRow,
-    column_error,
-    is_iterable,
-    max_tokens,
-    require_columns,
-    tokenize_splits,
-)
+from job.data.rows import ROW_ID, BadRow, column_error, is_iterable, max_tokens, require_columns, tokenize_splits
 from job.errors import ConfigError, DataError
 
 MODEL_CLASS = "AutoModelForSeq2SeqLM"

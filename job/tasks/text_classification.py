@@ -21,15 +21,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from job.data.rows import (
-    ROW_ID,
-    BadRow,
-    column_error,
-    is_iterable,
-    max_tokens,
-    require_columns,
-    tokenize_splits,
-)
+from job.data.rows import ROW_ID, BadRow, column_error, is_iterable, max_tokens, require_columns, tokenize_splits
 from job.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -311,11 +303,7 @@ def _regression_metrics(predicted, gold) -> dict[str, float]:
 
 
 def report(predict_output, spec: Spec) -> dict[str, Any]:
-    from sklearn.metrics import (
-        classification_report,
-        confusion_matrix,
-        multilabel_confusion_matrix,
-    )
+    from sklearn.metrics import classification_report, confusion_matrix, multilabel_confusion_matrix
 
     if predict_output.label_ids is None or spec.problem_type == "regression":
         return {}
