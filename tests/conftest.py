@@ -174,6 +174,8 @@ def mlflow_server(tmp_path_factory) -> MlflowServer:
             [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
              "--backend-store-uri", f"sqlite:///{base / 'mlflow.db'}", "--default-artifact-root", str(base / "artifacts")],
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=base,
+            # No background job runners (huey consumers for GenAI scoring): five idle processes otherwise.
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         )
     server = MlflowServer(f"http://127.0.0.1:{port}", log)
     deadline = time.monotonic() + 120

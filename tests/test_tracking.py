@@ -50,12 +50,12 @@ def _steps(client, mlflow_run_id: str, key: str) -> list[int]:
 def test_one_mlflow_run_across_sigterm_and_resume(s3_server, bucket, mlflow_server, tmp_path):
     experiment = f"resume-{uuid.uuid4().hex[:8]}"
     cfg = tiny_config(f"s3://{bucket}/runs", tracking={"uri": mlflow_server.uri, "experiment": experiment})
-    cfg["training"].update({"num_train_epochs": 6, "logging_steps": 1, "per_device_train_batch_size": 8})
+    cfg["training"].update({"num_train_epochs": 2, "logging_steps": 1, "per_device_train_batch_size": 16})  # 60 steps
     path = write_yaml(tmp_path / "job.yaml", cfg)
     env = base_env(**s3_server.env(), FINETUNE_RUN_ID="tracked")
     client = mlflow_server.client()
 
-    code, stderr = _interrupt(["run", "--config", str(path)], env, tmp_path, at_step=7)
+    code, stderr = _interrupt(["run", "--config", str(path)], env, tmp_path, at_step=20)
     assert code == 10, stderr[-3000:]
     (first,) = _runs(client, experiment, "tracked")
     assert first.info.status == "KILLED"
