@@ -64,6 +64,8 @@ def run(cfg: JobConfig, log_format: str = "text") -> RunResult:
             raise ConfigError(f"run {run_id} already finished with a different config; choose a new run id", where="run_id")
         log.info("run %s already finished at %s; completing what follows its _SUCCESS", run_id, finished.get("finished_at"))
         metrics = finish(cfg, store, run_id) if args.process_index == 0 else {}
+        if args.process_index == 0:
+            tracking.complete(cfg, store, run_id, metrics)
         shutil.rmtree(work, ignore_errors=True)
         return RunResult(run_id, store.url(run_id), metrics, skipped=True)
     if args.process_index == 0:

@@ -173,6 +173,29 @@ def start(cfg, run_id: str, resume_from: Path | None, is_main: bool) -> Tracker:
     return Tracker()
 
 
+def complete(cfg, store, run_id: str, metrics: dict) -> None:
+    """A rerun of a finished run: log the final metrics and close the MLflow run if the attempt that
+    published it stopped before doing so (killed, or the server was down then)."""
+    from job import storage
+
+    uri = tracking_uri(cfg)
+    if not uri:
+        return
+    try:
+        client = _client(uri)
+        experiment = client.get_experiment_by_name(env.get("MLFLOW_EXPERIMENT_NAME") or cfg.tracking.experiment)
+        mlflow_run_id = env.get("MLFLOW_RUN_ID") or (_tagged(client, experiment.experiment_id, run_id) if experiment else None)
+        if mlflow_run_id is None or client.get_run(mlflow_run_id).info.status == "FINISHED":
+            return
+        state = json.loads(store.get_bytes(storage.join(run_id, "trainer_state.json")) or b"{}")
+        log.info("tracking: closing MLflow run %s, which the run's publishing attempt left open", mlflow_run_id)
+        Tracker(client, mlflow_run_id).finish(metrics, int(state.get("global_step", 0)))
+    except ImportError as exc:
+        _warn("importing mlflow (pip install mlflow-skinny)", exc)
+    except Exception as exc:
+        _warn("completing the MLflow run", exc)
+
+
 def _experiment(client, name: str) -> str:
     found = client.get_experiment_by_name(name)
     if found is not None:

@@ -82,6 +82,14 @@ def test_one_mlflow_run_across_sigterm_and_resume(s3_server, bucket, mlflow_serv
     assert run.data.params["training.learning_rate"] == "0.002"
     assert run.data.params["model.name"] == "builtin:tiny-bert"
 
+    # Killed after _SUCCESS, before the MLflow run was closed (left as the kill leaves it): the rerun,
+    # which trains nothing, closes it.
+    client.set_terminated(run.info.run_id, "KILLED")
+    rerun = run_cli("run", "--config", str(path), env=env, cwd=tmp_path, check=True)
+    assert "already finished" in rerun.stderr and f"closing MLflow run {run.info.run_id}" in rerun.stderr
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"
+    assert len(_runs(client, experiment, "tracked")) == 1
+
 
 @pytest.mark.slow
 def test_champion_alias_follows_promotion_rollback_and_rerun(s3_server, bucket, mlflow_server, tmp_path):
@@ -121,6 +129,7 @@ def test_champion_alias_follows_promotion_rollback_and_rerun(s3_server, bucket, 
     assert champion_version()[:2] == (second_version, "second")
 
 
+@pytest.mark.slow  # about a minute here: a run, plus the client's retries against a closed port
 def test_a_tracking_server_that_is_down_does_not_fail_the_run(tmp_path):
     down = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     cfg = tiny_config(str(tmp_path / "runs"), tracking={"uri": down}, promotion={"mode": "always"})
