@@ -105,11 +105,16 @@ def test_champion_alias_follows_promotion_rollback_and_rerun(s3_server, bucket, 
         version = client.get_model_version_by_alias(model, "champion")
         return version.version, version.tags[RUN_TAG], version.source
 
-    for run_id in ("first", "second"):
-        run_cli("run", "--config", str(path), env={**env, "FINETUNE_RUN_ID": run_id}, cwd=tmp_path, check=True)
+    for run_id, workers in (("first", "1"), ("second", "2")):
+        proc = run_cli("run", "--config", str(path), "--set", f"distributed.nproc_per_node={workers}",
+                       env={**env, "FINETUNE_RUN_ID": run_id}, cwd=tmp_path, check=True)
+        assert f"world size {workers}" in proc.stderr
         version, tagged, source = champion_version()
         assert tagged == run_id and source == f"s3://{bucket}/runs/{run_id}/model"
+    # Two workers, one MLflow run, each step logged once: only rank 0 talks to MLflow.
     (tracked_second,) = _runs(client, model, "second")
+    loss_steps = _steps(client, tracked_second.info.run_id, "loss")
+    assert loss_steps and len(loss_steps) == len(set(loss_steps))
     assert client.get_model_version_by_alias(model, "champion").run_id == tracked_second.info.run_id
     second_version = champion_version()[0]
 
