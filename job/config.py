@@ -152,6 +152,16 @@ class LoraConfig:
 
 
 @dataclass
+class TrackingConfig:
+    uri: str | None = _setting(
+        None, "MLflow tracking server (http://mlflow:5000): params, metrics per step and the champion as a "
+        "registered model version; default: $MLFLOW_TRACKING_URI; neither: no tracking (README: MLflow).",
+    )
+    experiment: str = _setting("finetune-job", "MLflow experiment the runs go to ($MLFLOW_EXPERIMENT_NAME wins).")
+    model_name: str | None = _setting(None, "Registered model whose `champion` alias follows champion.json; default finetune-job-<task>.")
+
+
+@dataclass
 class TaskConfig:
     name: str = _setting("text-classification", "The kind of fine-tuning: a name in job/tasks/ TASKS (README: Tasks).")
     settings: Any = None  # the task module's own Settings dataclass, filled in by load()
@@ -171,6 +181,7 @@ class JobConfig:
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     training: dict[str, Any] = field(default_factory=dict)
     # dotted key -> where its value came from ("default", "file x.yaml", "env FINETUNE_X", "--set")
     sources: dict[str, str] = field(default_factory=dict, repr=False)
@@ -193,6 +204,7 @@ _SECTIONS = {
     "retention": RetentionConfig,
     "schedule": ScheduleConfig,
     "lora": LoraConfig,
+    "tracking": TrackingConfig,
 }
 _TOP_LEVEL = ("run_id", "task", *_SECTIONS, "training")
 # Keys of TrainingArguments the job owns: setting them would break where the job puts its files.
@@ -553,6 +565,10 @@ def _validate(cfg: JobConfig) -> None:
     if cfg.run_id is not None and not _RUN_ID.fullmatch(cfg.run_id):
         raise ConfigError("use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit", where=where("run_id"))
     _validate_transfer(cfg, where)
+    report_to = cfg.training.get("report_to")
+    if report_to == "mlflow" or (isinstance(report_to, list) and "mlflow" in report_to):
+        # Hugging Face's MLflowCallback would start a second MLflow run on every attempt and every worker.
+        raise ConfigError("use the tracking: section (tracking.uri or MLFLOW_TRACKING_URI) for MLflow", where=where("training.report_to"))
     data = cfg.data
     if data.dataset is None and data.train_files is None:
         raise ConfigError("no training data: set data.dataset (a Hub id) or data.train_files", where="data")

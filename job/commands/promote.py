@@ -23,10 +23,11 @@ from job.log import echo
 @click.option("--reason", default="promoted by hand", show_default=True, help="Why, for the audit log.")
 def command(run_id, config_path, sets, output_uri, reason):
     """Make RUN_ID (a finished run) the champion."""
-    from job import champion
+    from job import champion, tracking
 
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", run_id):
         raise click.BadParameter("a run id: letters, digits, '.', '_' or '-'", param_hint="RUN_ID")
     cfg, store = open_output(config_path, sets, output_uri)
     moved = champion.promote(store, run_id, cfg.promotion.metric, reason)
+    tracking.sync_champion(cfg, store)  # MLflow's champion alias follows (also when it lagged)
     echo(f"run {run_id} is already the champion" if moved is None else champion.describe(moved))

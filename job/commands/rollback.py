@@ -19,7 +19,9 @@ from job.log import echo
 @click.option("--reason", default=None, help="Why, for the audit log.")
 def command(config_path, sets, output_uri, reason):
     """Make the previous champion the champion again."""
-    from job import champion
+    from job import champion, tracking
 
-    _, store = open_output(config_path, sets, output_uri)
-    echo(champion.describe(champion.rollback(store, reason)))
+    cfg, store = open_output(config_path, sets, output_uri)
+    restored = champion.rollback(store, reason)
+    tracking.sync_champion(cfg, store)  # MLflow's champion alias moves back too
+    echo(champion.describe(restored))
