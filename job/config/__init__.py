@@ -21,5 +21,6 @@ from job.config.schema import (  # noqa: F401  the schema is what `from job.conf
     S3Config,
     ScheduleConfig,
     TaskConfig,
+    TrackingConfig,
     is_builtin,
 )

@@ -130,6 +130,16 @@ class LoraConfig:
 
 
 @dataclass
+class TrackingConfig:
+    uri: str | None = _setting(
+        None, "MLflow tracking server (http://mlflow:5000): params, metrics per step and the champion as a "
+        "registered model version; default: $MLFLOW_TRACKING_URI; neither: no tracking (docs/tracking.md).",
+    )
+    experiment: str = _setting("finetune-job", "MLflow experiment the runs go to ($MLFLOW_EXPERIMENT_NAME wins).")
+    model_name: str | None = _setting(None, "Registered model whose `champion` alias follows champion.json; default finetune-job-<task>.")
+
+
+@dataclass
 class TaskConfig:
     name: str = _setting("text-classification", "The kind of fine-tuning: a name in job/tasks/ TASKS (README: Tasks).")
     settings: Any = None  # the task module's own Settings dataclass, filled in by load()
@@ -149,6 +159,7 @@ class JobConfig:
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     training: dict[str, Any] = field(default_factory=dict)
     # dotted key -> where its value came from ("default", "file x.yaml", "env FINETUNE_X", "--set")
     sources: dict[str, str] = field(default_factory=dict, repr=False)
@@ -171,6 +182,7 @@ SECTIONS = {
     "retention": RetentionConfig,
     "schedule": ScheduleConfig,
     "lora": LoraConfig,
+    "tracking": TrackingConfig,
 }
 TOP_LEVEL = ("run_id", "task", *SECTIONS, "training")
 

@@ -22,6 +22,10 @@ def validate(cfg: JobConfig) -> None:
     if cfg.run_id is not None and not _RUN_ID.fullmatch(cfg.run_id):
         raise ConfigError("use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit", where=where("run_id"))
     _validate_transfer(cfg, where)
+    report_to = cfg.training.get("report_to")
+    if report_to == "mlflow" or (isinstance(report_to, list) and "mlflow" in report_to):
+        # Hugging Face's MLflowCallback would start a second MLflow run on every attempt and every worker.
+        raise ConfigError("use the tracking: section (tracking.uri or MLFLOW_TRACKING_URI) for MLflow", where=where("training.report_to"))
     data = cfg.data
     if data.dataset is None and data.train_files is None:
         raise ConfigError("no training data: set data.dataset (a Hub id) or data.train_files", where="data")

@@ -31,7 +31,7 @@ from job.data.read_errors import storage_faults
 from job.data.rows import ROW_ID
 from job.errors import ConfigError, Interrupted
 from job.recipes import report
-from job.retraining import promotion, retention
+from job.retraining import promotion, retention, tracking
 from job.storage import workdir
 from job.training import checkpoints, head_only
 
@@ -68,6 +68,8 @@ def run(cfg: JobConfig, log_format: str = "text") -> RunResult:
             raise ConfigError(f"run {run_id} already finished with a different config; choose a new run id", where="run_id")
         log.info("run %s already finished at %s; completing what follows its _SUCCESS", run_id, finished.get("finished_at"))
         metrics = finish(cfg, store, run_id) if args.process_index == 0 else {}
+        if args.process_index == 0:
+            tracking.complete(cfg, store, run_id, metrics)
         shutil.rmtree(work, ignore_errors=True)
         return RunResult(run_id, store.url(run_id), metrics, skipped=True)
     if args.process_index == 0:
@@ -101,6 +103,9 @@ def run(cfg: JobConfig, log_format: str = "text") -> RunResult:
     trainer = training.trainer(
         cfg, args, model, tokenizer, features, collator, compute_metrics=lambda p: task.compute_metrics(p, spec)
     )
+    tracker = tracking.start(cfg, run_id, resume_from, args.process_index == 0)  # MLflow, when configured
+    if tracker.on:
+        trainer.add_callback(tracker.callback(stop))  # before the publisher: it writes into the checkpoint
     trainer.add_callback(publisher)
     if cached:
         trainer.add_callback(cached.one_thread())
@@ -165,6 +170,7 @@ def run(cfg: JobConfig, log_format: str = "text") -> RunResult:
 
     # 6. Only now that _SUCCESS is written: promote, apply retention, delete the checkpoints.
     metrics = finish(cfg, store, run_id, gate)
+    tracker.finish(metrics, trainer.state.global_step)
     shutil.rmtree(work, ignore_errors=True)
     return RunResult(run_id, store.url(run_id), metrics)
 
@@ -173,8 +179,10 @@ def finish(cfg: JobConfig, store, run_id: str, gate: promotion.Gate | None = Non
     """What follows `_SUCCESS`, each step idempotent, so that a rerun of a finished run id (no `gate`)
     completes whatever a failure left undone: move champion.json to this run if the gate said so
     (compare-and-swap, job/retraining/champion.py; metrics.json is made to say what happened); delete old runs,
-    never the champion; delete this run's checkpoints. Returns the run's metrics as published."""
+    never the champion; delete this run's checkpoints; point MLflow's `champion` alias
+    (job/retraining/tracking.py) at the champion. Returns the run's metrics as published."""
     metrics = promotion.settle(store, run_id, gate)
+    tracking.sync_champion(cfg, store)  # the MLflow alias follows champion.json (a lagging one is repaired)
     retention.apply(store, cfg.retention, current_run=run_id)
     if not cfg.checkpoint.keep_after_success:
         storage.delete_tree(store, checkpoints.prefix(run_id))
@@ -184,12 +192,13 @@ def finish(cfg: JobConfig, store, run_id: str, gate: promotion.Gate | None = Non
 def config_fingerprint(cfg: JobConfig) -> str:
     """What makes two runs the same run: the resolved config without where this node keeps its
     scratch files, how many workers it starts (a resumed run may land on other hardware), how many
-    old runs are kept around, or how long storage faults are retried (a rerun may retry longer)."""
+    old runs are kept around, how long storage faults are retried (a rerun may retry longer), or where
+    it is tracked (MLflow)."""
     resolved = schema.to_dict(cfg)
     resolved["output"].pop("work_dir", None)
     for key in ("max_attempts", "retry_seconds"):
         resolved["s3"].pop(key, None)
-    for section in ("distributed", "retention", "run_id"):
+    for section in ("distributed", "retention", "run_id", "tracking"):
         resolved.pop(section, None)
     return hashlib.sha256(json.dumps(redacted.redact(resolved), sort_keys=True, default=str).encode()).hexdigest()
 

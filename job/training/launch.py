@@ -45,7 +45,7 @@ def plan(cfg: JobConfig) -> Plan:
     """Where this node stands in the run, from the config and the environment."""
     nnodes = _int("NNODES", "PET_NNODES", default=1)
     node_rank = _int("NODE_RANK", "PET_NODE_RANK", "JOB_COMPLETION_INDEX", default=0)
-    nproc = cfg.distributed.nproc_per_node or _int("NPROC_PER_NODE", "PET_NPROC_PER_NODE", default=0) or _gpus() or 1
+    nproc = cfg.distributed.nproc_per_node or _nproc_from_env() or _gpus() or 1
     if not 0 <= node_rank < nnodes:
         raise ConfigError(f"node rank {node_rank} is outside 0..{nnodes - 1}", where="NODE_RANK")
     master_addr = env.first_of("MASTER_ADDR", "PET_MASTER_ADDR")
@@ -100,6 +100,14 @@ def worker_environment(p: Plan, run_id: str) -> dict[str, str]:
         "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS") or str(threads),
         "TOKENIZERS_PARALLELISM": env.get("TOKENIZERS_PARALLELISM") or "false",
     }
+
+
+def _nproc_from_env() -> int:
+    """NPROC_PER_NODE / PET_NPROC_PER_NODE; 0 (one worker per GPU) for torchrun's `auto` and `gpu`,
+    which a Kubeflow training runtime may pass on unresolved."""
+    if (env.first_of("NPROC_PER_NODE", "PET_NPROC_PER_NODE") or "").lower() in ("auto", "gpu"):
+        return 0
+    return _int("NPROC_PER_NODE", "PET_NPROC_PER_NODE", default=0)
 
 
 def _int(*names: str, default: int) -> int:

@@ -10,7 +10,7 @@ import pytest
 from conftest import base_env
 from job.cli.root import COMMANDS
 
-HEAVY = ("torch", "transformers", "datasets", "boto3", "botocore", "sklearn", "s3fs", "accelerate")
+HEAVY = ("torch", "transformers", "datasets", "boto3", "botocore", "sklearn", "s3fs", "accelerate", "mlflow")
 
 
 def _python(code: str) -> subprocess.CompletedProcess:

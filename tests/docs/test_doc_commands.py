@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 import shlex
 import warnings
-from pathlib import Path
 
 import click
 import pytest

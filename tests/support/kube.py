@@ -20,7 +20,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
-OVERLAYS = ("local-cpu", "gpu", "scheduled", "multinode")
+OVERLAYS = ("local-cpu", "gpu", "scheduled", "multinode", "kueue")  # overlays that create a Job (or a CronJob)
+CLUSTER_OVERLAYS = ("trainjob",)  # overlays of custom kinds only (tests/deploy/test_k8s_cluster.py)
 
 # Pod and container fields that only matter to the scheduler or the API server, not to how the process runs.
 _SCHEDULING_ONLY = {"restartPolicy", "serviceAccountName", "automountServiceAccountToken", "nodeSelector",
