@@ -176,8 +176,6 @@ def start(cfg, run_id: str, resume_from: Path | None, is_main: bool) -> Tracker:
 def complete(cfg, store, run_id: str, metrics: dict) -> None:
     """A rerun of a finished run: log the final metrics and close the MLflow run if the attempt that
     published it stopped before doing so (killed, or the server was down then)."""
-    from job import storage
-
     uri = tracking_uri(cfg)
     if not uri:
         return
