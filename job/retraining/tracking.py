@@ -35,6 +35,7 @@ import os
 import time
 from pathlib import Path
 
+from job import storage
 from job.config import env, redacted, schema
 from job.retraining import champion
 
