@@ -37,6 +37,7 @@ from pathlib import Path
 
 from job import storage
 from job.config import env, redacted, schema
+from job.errors import first_line
 from job.retraining import champion
 
 log = logging.getLogger(__name__)
@@ -64,8 +65,7 @@ def _client(uri: str):
 
 
 def _warn(what: str, exc: BaseException) -> None:
-    first_line = (str(exc).strip().splitlines() or [""])[0][:300]
-    log.warning("tracking: %s failed (%s: %s); training goes on without MLflow", what, type(exc).__name__, first_line)
+    log.warning("tracking: %s failed (%s: %s); training goes on without MLflow", what, type(exc).__name__, first_line(exc))
 
 
 class Tracker:
