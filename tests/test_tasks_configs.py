@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import job
-from conftest import ROOT, SHARED, base_env, read_jsonl, run_cli, sha256_of
+from conftest import ROOT, SHARED, base_env, read_jsonl, run_cli, run_cli_here, sha256_of
 
 CONFIGS = sorted((Path(job.__path__[0]) / "configs").glob("*.yaml"))
 TINY = [path for path in CONFIGS if "tiny" in path.stem or "stories260k" in path.stem]
@@ -28,7 +28,7 @@ def test_there_is_a_full_size_and_a_tiny_config_for_every_task():
 def test_every_config_starts_with_the_command_that_runs_it_and_loads(path):
     comment = "".join(line for line in path.read_text().splitlines(keepends=True) if line.startswith("#"))
     assert f"finetune-job run --config job/configs/{path.name}" in comment
-    proc = run_cli("config", "--config", str(path), cwd=ROOT)
+    proc = run_cli_here("config", "--config", str(path), cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert re.search(rf'^task\.name +"{_task(path)}"  # file ', proc.stdout, re.M), proc.stdout
 
