@@ -24,9 +24,9 @@ run: $(STAMP)
 	$(BIN)/finetune-job run
 
 # The suite runs on every core (pytest-xdist, one worker per core; TEST_WORKERS=0 runs it in this process).
-# loadgroup keeps the files tests/conftest.py groups (container, distributed, ...) on one worker each.
+# loadscope keeps each file on one worker; tests/conftest.py orders the files, longest first.
 TEST_WORKERS ?= auto
-PYTEST_PARALLEL := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup)
+PYTEST_PARALLEL := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder)
 
 ## test: the whole suite (starts its own S3 server per worker; builds and runs the container where Docker is available)
 test: $(STAMP)

@@ -12,6 +12,7 @@ transformers and peft imports per call).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import io
@@ -24,6 +25,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 import warnings
@@ -44,6 +46,11 @@ WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ... under pytest
 # What base_env() gives the CLI's subprocesses, also for run_cli_here and in-process library calls:
 # huggingface_hub and datasets read these once, at import.
 os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+# The CLI's TMPDIR (base_env): a directory of this session's own. The job works in
+# $TMPDIR/finetune-job/<run-id>, and two workers (or two suites on one machine) running the same run id
+# must not share it.
+SCRATCH = tempfile.mkdtemp(prefix=f"finetune-tests-{WORKER or 'main'}-")
+atexit.register(shutil.rmtree, SCRATCH, ignore_errors=True)
 # xdist workers share the cores: one torch thread each (in-process and inherited by every subprocess)
 # instead of each worker's torch spinning threads for all of them.
 if WORKER and int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) >= (os.cpu_count() or 1):
@@ -166,7 +173,7 @@ def start_s3(base: Path, port: int, ip: str = "127.0.0.1") -> tuple[S3Server, su
 def stop_s3(proc: subprocess.Popen) -> None:
     os.killpg(proc.pid, 15)
     try:
-        proc.wait(timeout=10)
+        proc.wait(timeout=3)  # its data is the session's scratch: no reason to wait out a slow shutdown
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, 9)
 
@@ -207,6 +214,7 @@ def base_env(**extra: str) -> dict[str, str]:
         HF_DATASETS_OFFLINE="1",
         TOKENIZERS_PARALLELISM="false",
         PYTHONUNBUFFERED="1",
+        TMPDIR=SCRATCH,
     )
     env.update(extra)
     return env
@@ -230,8 +238,9 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
 @contextlib.contextmanager
 def _process_state(env: dict[str, str], cwd: Path | None):
     """This process as `python -m job` would start: exactly `env`, in `cwd`; put back afterwards with
-    everything the CLI sets process-wide (root logger, warnings capture, SIGTERM/SIGINT handlers)."""
-    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    everything the CLI sets process-wide (root logger, warnings capture, SIGTERM/SIGINT handlers,
+    tempfile's cached TMPDIR)."""
+    saved_env, saved_cwd, saved_tempdir = dict(os.environ), os.getcwd(), tempfile.tempdir
     root = logging.getLogger()
     saved_handlers, saved_level = root.handlers[:], root.level
     saved_showwarning, saved_filters = warnings.showwarning, warnings.filters[:]
@@ -240,6 +249,7 @@ def _process_state(env: dict[str, str], cwd: Path | None):
     os.environ.update(env)
     if cwd is not None:
         os.chdir(cwd)
+    tempfile.tempdir = None  # read from env's TMPDIR again, as a new process would
     root.handlers[:], root.level = [], logging.WARNING  # a fresh process's (not pytest's capture handlers)
     try:
         yield
@@ -247,6 +257,7 @@ def _process_state(env: dict[str, str], cwd: Path | None):
         os.environ.clear()
         os.environ.update(saved_env)
         os.chdir(saved_cwd)
+        tempfile.tempdir = saved_tempdir
         root.handlers[:], root.level = saved_handlers, saved_level
         logging.captureWarnings(False)
         warnings.showwarning, warnings.filters[:] = saved_showwarning, saved_filters
@@ -372,34 +383,28 @@ def rotten_tomatoes_splits() -> dict[str, list[dict]]:
     }
 
 
-# ---- pytest-xdist: what runs together, and in which order (make test: -n auto --dist loadgroup) ----
-
-# Files whose tests share one worker: the container tests build the image once (session fixtures), the
-# distributed tests each start two workers on the machine's two cores, and these files' module-scoped
-# fixtures (a published run, two nightly runs, rendered overlays) are made once, not once per worker.
-GROUPS = {
-    "test_container.py": "container",
-    "test_distributed.py": "distributed",
-    "test_champion_run.py": "test_champion_run",
-    "test_k8s.py": "test_k8s",
-    "test_report.py": "test_report",
-    "test_run_s3.py": "test_run_s3",
-}
+# ---- pytest-xdist: what runs together, and in which order (make test: -n auto --dist loadscope) ----
+# loadscope keeps each file on one worker: the container tests build the image once (session fixtures),
+# the distributed tests (two workers each on the machine's two cores) never overlap one another, and
+# module-scoped fixtures (a published run, two nightly runs, rendered overlays) are made once. (xdist 3.8's
+# xdist_group marks do nothing under pytest 9: it renames item._nodeid, which pytest 9 no longer reads.)
 
 
-def _start_order(item) -> int:
-    """Longest first, so no worker is left with a long test at the end: the image build (mostly
-    waiting on I/O) starts at once, then the distributed runs, the other slow tests, the rest."""
-    group = GROUPS.get(item.path.name)
-    return 0 if group == "container" else 1 if group == "distributed" else 2 if item.get_closest_marker("slow") else 3
+def _start_rank(item) -> int:
+    """0 the image build (mostly waiting on I/O: it overlaps the other worker's training), 1 the
+    distributed runs, 2 files with other slow tests, 3 the rest."""
+    name = item.path.name
+    return 0 if name == "test_container.py" else 1 if name == "test_distributed.py" else 2 if item.get_closest_marker("slow") else 3
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
+    """Longest files first, so no worker is left alone with a long file at the end (run with
+    --no-loadscope-reorder, or xdist orders files by their number of tests instead)."""
+    rank, size = {}, {}
     for item in items:
-        if item.path.name in GROUPS:
-            item.add_marker(pytest.mark.xdist_group(GROUPS[item.path.name]))
-    items.sort(key=_start_order)  # stable: file order within each rank
+        rank[item.path] = min(rank.get(item.path, 3), _start_rank(item))
+        size[item.path] = size.get(item.path, 0) + 1
+    items.sort(key=lambda item: (rank[item.path], -size[item.path]))  # stable within a file
 
 
 def report_timings(config, title: str, recorded: dict) -> None:
