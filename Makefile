@@ -23,9 +23,9 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(BIN)/finetune-job run
 
-# The suite runs on every core (pytest-xdist, one worker per core; TEST_WORKERS=0 runs it in this process).
+# The suite runs on every CPU (pytest-xdist, one worker per logical CPU; TEST_WORKERS=0 runs it in this process).
 # loadscope keeps each file on one worker; tests/conftest.py orders the files, longest first.
-TEST_WORKERS ?= auto
+TEST_WORKERS ?= logical
 PYTEST_PARALLEL := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder)
 
 ## test: the whole suite (starts its own S3 server per worker; builds and runs the container where Docker is available)
