@@ -23,13 +23,18 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(BIN)/finetune-job run
 
-## test: the whole suite (starts its own S3 server; builds and runs the container where Docker is available)
-test: $(STAMP)
-	$(BIN)/python -m pytest
+# The suite runs on every CPU (pytest-xdist, one worker per logical CPU; TEST_WORKERS=0 runs it in this process).
+# loadscope keeps each file on one worker; tests/conftest.py orders the files, longest first.
+TEST_WORKERS ?= logical
+PYTEST_PARALLEL := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder)
 
-## test-fast: everything but the slow tests (real-data training, image builds)
+## test: the whole suite (starts its own S3 server per worker; builds and runs the container where Docker is available)
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL) --durations=40
+
+## test-fast: everything but the slow tests (real-data training, image builds, distributed runs): the edit-test loop
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m "not slow"
 
 ## soak: the long fault-injection run: 12 runs at 10-30% storage faults and 40 promote/rollback commands (~15 min)
 .PHONY: soak

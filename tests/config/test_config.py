@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import base_env, run_cli, write_yaml
+from conftest import base_env, run_cli_here, write_yaml
 from job.cli import config_loader
 from job.config import redacted
 from job.errors import ConfigError
@@ -94,7 +94,7 @@ def test_secrets_are_redacted_in_describe_and_yaml(tmp_path, no_env):
 def test_config_command_prints_values_and_sources(tmp_path):
     path = _file(tmp_path, training={"num_train_epochs": 3})
     env = base_env(FINETUNE_TRAINING__LEARNING_RATE="0.05")
-    proc = run_cli("config", "--config", path, "--set", "data.max_length=48", env=env, check=True)
+    proc = run_cli_here("config", "--config", path, "--set", "data.max_length=48", env=env, check=True)
     lines = {line.split()[0]: line for line in proc.stdout.splitlines()}
     assert lines["training.num_train_epochs"].endswith(f"# file {path}")
     assert lines["training.learning_rate"].endswith("# env FINETUNE_TRAINING__LEARNING_RATE")
@@ -104,11 +104,11 @@ def test_config_command_prints_values_and_sources(tmp_path):
 
 def test_config_file_from_environment_variable(tmp_path):
     path = _file(tmp_path, data={"max_length": 20})
-    proc = run_cli("config", env=base_env(FINETUNE_CONFIG=path), check=True)
+    proc = run_cli_here("config", env=base_env(FINETUNE_CONFIG=path), check=True)
     assert any(l.startswith("data.max_length") and "20" in l for l in proc.stdout.splitlines())
 
 
 def test_no_config_means_the_embedded_demo():
-    proc = run_cli("config", check=True)
+    proc = run_cli_here("config", check=True)
     assert "builtin:sentiment-demo" in proc.stdout
     assert "builtin:tiny-bert" in proc.stdout

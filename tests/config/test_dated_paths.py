@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from conftest import base_env, run_cli, tiny_config, write_yaml
+from conftest import base_env, run_cli_here, tiny_config, write_yaml
 from job.config import dated_paths
 from job.config import JobConfig, ScheduleConfig
 from job.errors import ConfigError, DataError
@@ -91,13 +91,13 @@ def test_malformed_templates_are_config_errors(pattern, message):
 
 
 def test_templates_and_the_date_are_checked_when_the_config_loads(tmp_path):
-    proc = run_cli("config", "--set", "data.dataset=null", "--set", "data.train_files=e/{dat}.jsonl", cwd=tmp_path)
+    proc = run_cli_here("config", "--set", "data.dataset=null", "--set", "data.train_files=e/{dat}.jsonl", cwd=tmp_path)
     assert proc.returncode == 3
     assert proc.stderr.strip().splitlines()[-1].endswith(
         "config error: data.train_files (--set): unknown placeholder {dat} in 'e/{dat}.jsonl'; "
         "use {date}, {date-1d}, {date-6d..date} or {date:%Y/%m/%d}"
     )
-    proc = run_cli("config", env=base_env(FINETUNE_SCHEDULE__DATE="2026-13-01"), cwd=tmp_path)
+    proc = run_cli_here("config", env=base_env(FINETUNE_SCHEDULE__DATE="2026-13-01"), cwd=tmp_path)
     assert proc.returncode == 3
     assert proc.stderr.strip().splitlines()[-1].endswith(
         "config error: schedule.date (env FINETUNE_SCHEDULE__DATE): use a date as YYYY-MM-DD (quoted in YAML), got '2026-13-01'"
@@ -119,7 +119,7 @@ def test_a_window_of_s3_data_resolves_from_the_environment(s3_server, bucket, tm
     cfg["data"] = {"train_files": f"s3://{bucket}/events/dt={{date-2d..date}}/train.jsonl", "test_files": f"s3://{bucket}/events/test.jsonl"}
     path = write_yaml(tmp_path / "job.yaml", cfg)
     env = base_env(**s3_server.env(), FINETUNE_SCHEDULE__DATE="2026-01-07")
-    proc = run_cli("check", "--config", str(path), env=env, cwd=tmp_path, check=True)
+    proc = run_cli_here("check", "--config", str(path), env=env, cwd=tmp_path, check=True)
     assert "config: ok" in proc.stdout
     assert f"data.train_files: s3://{bucket}/events/dt={{date-2d..date}}/train.jsonl is 2 file(s) for 2026-01-05..2026-01-07" in proc.stderr
     assert "no files for 1 of the 3 days" in proc.stderr
@@ -131,7 +131,7 @@ def test_an_empty_window_fails_the_run_with_exit_4_and_one_line(s3_server, bucke
     cfg["data"] = {"train_files": f"s3://{bucket}/events/dt={{date-1d..date}}/train.jsonl"}
     path = write_yaml(tmp_path / "job.yaml", cfg)
     env = base_env(**s3_server.env(), FINETUNE_SCHEDULE__DATE="2026-01-07", FINETUNE_RUN_ID="empty")
-    proc = run_cli("run", "--config", str(path), env=env, cwd=tmp_path)
+    proc = run_cli_here("run", "--config", str(path), env=env, cwd=tmp_path)
     assert proc.returncode == 4, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if "ERROR" in line]
     assert len(errors) == 1 and "Traceback" not in proc.stderr

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, S3_PORT, skip_or_fail, start_s3, stop_s3
+from conftest import ROOT, free_s3_port, report_timings, skip_or_fail, start_s3, stop_s3
 from job import errors
 from support.kube import K8S, Pod, docker_run, find, job_pod, kubectl, render
 
@@ -51,13 +51,7 @@ def timings(request) -> dict[str, float]:
     """Seconds each step took, printed at the end of the session (the CI log keeps them)."""
     recorded: dict[str, float] = {}
     yield recorded
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if recorded and reporter is not None:
-        with capture.global_and_fixture_disabled():  # session teardown runs inside the last test's capture
-            reporter.write_sep("-", "container timings")
-            for step, value in recorded.items():
-                reporter.write_line(f"{step}: {value:.1f}" if isinstance(value, float) else f"{step}: {value}")
+    report_timings(request.config, "container timings", recorded)
 
 
 @pytest.fixture(scope="session")
@@ -271,7 +265,7 @@ def test_multinode_job_runs_as_two_containers_named_like_its_pods(cpu_image, loc
         gateway = json.loads(subprocess.run(["docker", "network", "inspect", network], capture_output=True, text=True,
                                             check=True).stdout)[0]["IPAM"]["Config"][0]["Gateway"]
         (tmp_path / "s3").mkdir()
-        server, s3 = start_s3(tmp_path / "s3", S3_PORT + 10, ip=gateway)  # clear of the main server's ports
+        server, s3 = start_s3(tmp_path / "s3", free_s3_port(gateway), ip=gateway)
         bucket, prefix = output_location(objects, job, server)
         secrets = example_secrets(server)
         started, procs = time.monotonic(), []

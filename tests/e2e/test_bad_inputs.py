@@ -8,7 +8,7 @@ from typing import Callable
 
 import pytest
 
-from conftest import DEMO, base_env, demo_rows, run_cli, tiny_config, write_jsonl, write_yaml
+from conftest import DEMO, base_env, demo_rows, run_cli_here, tiny_config, write_jsonl, write_yaml
 
 CONFIG, DATA, MODEL, STORAGE, USAGE = 3, 4, 5, 6, 2
 
@@ -92,7 +92,7 @@ CASES: list[Case] = [
 @pytest.mark.parametrize("name, build, code, text", CASES, ids=[c[0] for c in CASES])
 def test_bad_input(tmp_path, name, build, code, text):
     args, extra_env = build(tmp_path)
-    proc = run_cli(*args, env=base_env(**extra_env), cwd=tmp_path, timeout=300)
+    proc = run_cli_here(*args, env=base_env(**extra_env), cwd=tmp_path)
     assert proc.returncode == code, f"exit {proc.returncode}, expected {code}\n{proc.stderr[-3000:]}"
     assert "Traceback" not in proc.stderr
     error_lines = [l for l in proc.stderr.splitlines() if "error" in l.lower()]
@@ -104,7 +104,7 @@ def test_bad_input(tmp_path, name, build, code, text):
 
 
 def test_debug_shows_the_traceback(tmp_path):
-    proc = run_cli("--debug", *_demo(tmp_path, "model.train=middle"), cwd=tmp_path)
+    proc = run_cli_here("--debug", *_demo(tmp_path, "model.train=middle"), cwd=tmp_path)
     assert proc.returncode == CONFIG
     assert "Traceback" in proc.stderr
 
@@ -118,7 +118,7 @@ def test_run_killed_before_success_is_not_finished(tmp_path):
     # Make the run directory unwritable partway: a file where the model directory must go.
     (out / "half").mkdir()
     (out / "half" / "model").write_text("in the way")
-    proc = run_cli(*args, env=env, cwd=tmp_path)
+    proc = run_cli_here(*args, env=env, cwd=tmp_path)
     assert proc.returncode == 6, proc.stderr
     assert not (out / "half" / "_SUCCESS").exists()
     assert (out / "half" / "config.yaml").exists()  # some files were written, but the run is not done

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from conftest import base_env, run_cli, s3_keys, tiny_config, write_yaml
+from conftest import base_env, run_cli_here, s3_keys, tiny_config, write_yaml
 
 GOOD = {"num_train_epochs": 6}  # learns the demo data (test accuracy well above 0.8)
 WORSE = {"max_steps": 1, "learning_rate": 1.0e-6}  # barely moves from its random start
@@ -54,10 +54,10 @@ def nightly(s3_server, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("nightly")
     env = base_env(**s3_server.env(), FINETUNE_SCHEDULE__DATE=DATE)
-    good = run_cli("run", "--config", _config(tmp, bucket, "runs", "good", GOOD), env={**env, "FINETUNE_RUN_ID": "good"}, cwd=tmp, check=True)
+    good = run_cli_here("run", "--config", _config(tmp, bucket, "runs", "good", GOOD), env={**env, "FINETUNE_RUN_ID": "good"}, cwd=tmp, check=True)
     champion_after_good = _json(client, bucket, "runs/champion.json")
     worse_cfg = _config(tmp, bucket, "runs", "worse", WORSE, retention={"keep_runs": 1})
-    worse = run_cli("run", "--config", worse_cfg, env={**env, "FINETUNE_RUN_ID": "worse"}, cwd=tmp, check=True)
+    worse = run_cli_here("run", "--config", worse_cfg, env={**env, "FINETUNE_RUN_ID": "worse"}, cwd=tmp, check=True)
     return {"client": client, "bucket": bucket, "good": good, "worse": worse, "champion_after_good": champion_after_good, "tmp": tmp, "env": env}
 
 

@@ -34,7 +34,7 @@ def _free_port() -> int:
 @pytest.mark.parametrize("nproc, expected", [("1", 1), ("2", 2), ("auto", 1), ("gpu", 1)])
 def test_plan_reads_the_runtime_environment(monkeypatch, nproc, expected):
     """`auto`/`gpu` (torchrun's words, which a runtime may pass on) mean one worker per GPU: 1 here."""
-    from job import config
+    from job.cli import config_loader
     from job.training import launch
 
     for name in INDEXED_JOB_NAMES:
@@ -43,7 +43,7 @@ def test_plan_reads_the_runtime_environment(monkeypatch, nproc, expected):
     for name, value in env.items():
         if name.startswith("PET_"):
             monkeypatch.setenv(name, value)
-    plan = launch.plan(config.load(None, (), use_env=False))
+    plan = launch.plan(config_loader.load(None, (), use_env=False))
     assert (plan.nnodes, plan.node_rank, plan.nproc_per_node, plan.master_addr, plan.master_port) == (3, 2, expected, "tj-node-0-0.tj", 29400)
 
 

@@ -6,14 +6,15 @@ import json
 from pathlib import Path
 
 
-from conftest import DEMO, base_env, demo_rows, read_jsonl, run_cli, sha256_of, tiny_config, write_jsonl, write_yaml
+from conftest import DEMO, base_env, demo_rows, read_jsonl, run_cli, run_cli_here, sha256_of, tiny_config, write_jsonl, write_yaml
 
 
 
-def _run(tmp_path: Path, cfg: dict, run_id: str, *sets: str, env=None, check=True):
+def _run(tmp_path: Path, cfg: dict, run_id: str, *sets: str, env=None, check=True, runner=run_cli_here):
+    """A run in this process; runner=run_cli where a separate process is the point."""
     path = write_yaml(tmp_path / f"{run_id}.yaml", cfg)
     args = ["run", "--config", str(path)] + [a for s in sets for a in ("--set", s)]
-    proc = run_cli(*args, env=env or base_env(FINETUNE_RUN_ID=run_id), cwd=tmp_path, check=check)
+    proc = runner(*args, env=env or base_env(FINETUNE_RUN_ID=run_id), cwd=tmp_path, check=check)
     return proc, tmp_path / "out" / run_id
 
 
@@ -23,11 +24,11 @@ def _predictions(run_dir: Path) -> list[dict]:
 
 def test_same_config_same_model_and_predictions(tmp_path):
     cfg = tiny_config(str(tmp_path / "out"))
-    _, a = _run(tmp_path, cfg, "a")
-    _, b = _run(tmp_path, cfg, "b")
+    _, a = _run(tmp_path, cfg, "a", runner=run_cli)  # fresh processes: nothing carried over
+    _, b = _run(tmp_path, cfg, "b", runner=run_cli)
     assert sha256_of(a / "model" / "model.safetensors") == sha256_of(b / "model" / "model.safetensors")
     assert sha256_of(a / "predictions.jsonl") == sha256_of(b / "predictions.jsonl")
-    _, c = _run(tmp_path, cfg, "c", "training.seed=7")
+    _, c = _run(tmp_path, cfg, "c", "training.seed=7", runner=run_cli)
     assert sha256_of(a / "model" / "model.safetensors") != sha256_of(c / "model" / "model.safetensors")
 
 
@@ -148,14 +149,14 @@ def test_streaming_trains_from_an_iterable_dataset(tmp_path):
 def test_predict_command_matches_the_runs_predictions(tmp_path):
     _, run_dir = _run(tmp_path, tiny_config(str(tmp_path / "out")), "p")
     out = tmp_path / "scored.jsonl"
-    proc = run_cli("predict", "--model", str(run_dir / "model"), "--input", str(DEMO / "reviews.test.jsonl"), "--output", str(out), check=True)
+    proc = run_cli_here("predict", "--model", str(run_dir / "model"), "--input", str(DEMO / "reviews.test.jsonl"), "--output", str(out), check=True)
     assert "60 predictions written" in proc.stdout
     assert read_jsonl(out) == _predictions(run_dir)
 
 
 def test_json_logs_are_one_object_per_line(tmp_path):
     path = write_yaml(tmp_path / "j.yaml", tiny_config(str(tmp_path / "out")))
-    proc = run_cli("--log-format", "json", "run", "--config", str(path), "--set", "training.max_steps=3", cwd=tmp_path, check=True)
+    proc = run_cli_here("--log-format", "json", "run", "--config", str(path), "--set", "training.max_steps=3", cwd=tmp_path, check=True)
     records = [json.loads(line) for line in proc.stderr.splitlines() if line.strip()]
     assert records and all({"time", "level", "logger", "message"} <= set(r) for r in records)
     assert any("logs" in r and "loss" in r["logs"] for r in records)
@@ -171,7 +172,7 @@ def test_secrets_never_reach_logs_or_outputs(tmp_path):
     cfg = tiny_config(str(tmp_path / "out"))
     cfg["training"]["hub_token"] = config_token
     env = base_env(**secrets, FINETUNE_RUN_ID="secret")
-    proc, run_dir = _run(tmp_path, cfg, "secret", "training.max_steps=3", env=env)
+    proc, run_dir = _run(tmp_path, cfg, "secret", "training.max_steps=3", env=env, runner=run_cli)  # all the process prints
     # An error that echoes user input: the model name is the HF token itself.
     bad = run_cli("--debug", "check", "--config", str(tmp_path / "secret.yaml"), "--set", f"model.name={secrets['HF_TOKEN']}", env=env, cwd=tmp_path)
     shown = run_cli("config", "--config", str(tmp_path / "secret.yaml"), env=env, cwd=tmp_path, check=True)

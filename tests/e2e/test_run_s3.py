@@ -1,4 +1,5 @@
-"""End to end against the real S3 server: the CLI as a subprocess, outputs in the bucket."""
+"""End to end against the real S3 server, outputs in the bucket: the published run is the CLI as a
+subprocess, the commands after it run in-process (run_cli_here)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 
 import pytest
 
-from conftest import base_env, run_cli, s3_keys, tiny_config, write_yaml
+from conftest import base_env, run_cli, run_cli_here, s3_keys, tiny_config, write_yaml
 
 RUN_FILES = {"config.yaml", "metrics.json", "predictions.jsonl", "trainer_state.json", "_SUCCESS"}
 
@@ -89,10 +90,10 @@ def test_rerunning_a_finished_run_id_does_nothing(published):
         return {key: client.head_object(Bucket=bucket, Key=key)["LastModified"] for key in s3_keys(client, bucket, prefix)}
 
     before = versions()
-    proc = run_cli("run", "--config", str(published["config"]), env=published["env"], cwd=published["tmp"], check=True)
+    proc = run_cli_here("run", "--config", str(published["config"]), env=published["env"], cwd=published["tmp"], check=True)
     assert "already finished" in proc.stderr
     assert versions() == before  # nothing rewritten, nothing added
-    proc = run_cli(
+    proc = run_cli_here(
         "run", "--config", str(published["config"]), "--set", "training.num_train_epochs=1",
         env=published["env"], cwd=published["tmp"],
     )
@@ -103,7 +104,7 @@ def test_rerunning_a_finished_run_id_does_nothing(published):
 def test_wrong_credentials_fail_with_the_storage_exit_code(s3_server, bucket, tmp_path):
     cfg = write_yaml(tmp_path / "job.yaml", tiny_config(f"s3://{bucket}/runs"))
     env = base_env(**{**s3_server.env(), "AWS_SECRET_ACCESS_KEY": "not-the-secret-0123456789"})
-    proc = run_cli("run", "--config", str(cfg), "--set", "s3.max_attempts=1", env=env, cwd=tmp_path)
+    proc = run_cli_here("run", "--config", str(cfg), "--set", "s3.max_attempts=1", env=env, cwd=tmp_path)
     assert proc.returncode == 6, proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert "storage error:" in last and "SignatureDoesNotMatch" in last
@@ -138,12 +139,12 @@ def test_data_and_model_from_s3_and_predict_to_s3(s3_server, published, bucket, 
     cfg["training"]["num_train_epochs"] = 1
     path = write_yaml(tmp_path / "job.yaml", cfg)
     env = base_env(**s3_server.env(), FINETUNE_RUN_ID="from-s3")
-    proc = run_cli("run", "--config", str(path), env=env, cwd=tmp_path, check=True)
+    proc = run_cli_here("run", "--config", str(path), env=env, cwd=tmp_path, check=True)
     assert "data: data.train_files" in proc.stderr and "train=480" in proc.stderr
     assert client.head_object(Bucket=bucket, Key="runs/from-s3/_SUCCESS")
 
     client.upload_file(f"{demo}/reviews.test.jsonl", bucket, "incoming/new.jsonl")
-    proc = run_cli(
+    proc = run_cli_here(
         "predict", "--model", f"s3://{bucket}/runs/from-s3/model",
         "--input", f"s3://{bucket}/incoming/new.jsonl", "--output", f"s3://{bucket}/scored/out.jsonl",
         env=env, cwd=tmp_path, check=True,
@@ -156,7 +157,7 @@ def test_data_and_model_from_s3_and_predict_to_s3(s3_server, published, bucket, 
 
 def test_check_probes_the_bucket_and_leaves_nothing(s3_server, bucket, tmp_path):
     cfg = write_yaml(tmp_path / "job.yaml", tiny_config(f"s3://{bucket}/runs"))
-    proc = run_cli("check", "--config", str(cfg), env=base_env(**s3_server.env()), cwd=tmp_path, check=True)
+    proc = run_cli_here("check", "--config", str(cfg), env=base_env(**s3_server.env()), cwd=tmp_path, check=True)
     assert "config: ok" in proc.stdout and "labels negative, positive" in proc.stdout
     assert f"output: ok (s3://{bucket}/runs is writable)" in proc.stdout
     assert "model: ok" in proc.stdout

@@ -154,9 +154,9 @@ def test_a_tracking_server_that_is_down_does_not_fail_the_run(tmp_path):
 @pytest.mark.parametrize("value", ["mlflow", "[mlflow]"])
 def test_report_to_mlflow_is_refused(no_env, value):
     """Hugging Face's MLflowCallback would open a new MLflow run on every attempt: the tracking section it is."""
-    from job import config
+    from job.cli import config_loader
     from job.errors import ConfigError
 
     with pytest.raises(ConfigError) as failure:
-        config.load(None, (f"training.report_to={value}",))
+        config_loader.load(None, (f"training.report_to={value}",))
     assert "training.report_to" in failure.value.format_message() and "tracking:" in failure.value.format_message()

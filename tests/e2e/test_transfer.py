@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import DEMO, ROOT, SHARED, base_env, read_jsonl, run_cli, run_cli_here, tiny_config, write_jsonl, write_yaml
 from support import rotten_tomatoes
-from conftest import DEMO, ROOT, SHARED, base_env, read_jsonl, run_cli, tiny_config, write_jsonl, write_yaml
 from job.cli import config_loader
 from job.errors import ConfigError
 
@@ -23,7 +23,7 @@ needs_shared = pytest.mark.skipif(not MINILM.is_dir(), reason="../shared is not 
 def _run(tmp_path: Path, cfg: dict, run_id: str, *sets: str, env=None):
     path = write_yaml(tmp_path / f"{run_id}.yaml", cfg)
     args = ["run", "--config", str(path)] + [a for s in sets for a in ("--set", s)]
-    proc = run_cli(*args, env=env or base_env(FINETUNE_RUN_ID=run_id), cwd=tmp_path, check=True)
+    proc = run_cli_here(*args, env=env or base_env(FINETUNE_RUN_ID=run_id), cwd=tmp_path, check=True)
     return proc, Path(cfg["output"]["uri"]) / run_id
 
 
@@ -32,7 +32,7 @@ def _metrics(run_dir: Path) -> dict:
 
 
 def _predict(model_dir: Path, rows_file: Path, out: Path) -> list[dict]:
-    run_cli("predict", "--model", str(model_dir), "--input", str(rows_file), "--output", str(out), check=True)
+    run_cli_here("predict", "--model", str(model_dir), "--input", str(rows_file), "--output", str(out), check=True)
     return read_jsonl(out)
 
 
@@ -157,7 +157,7 @@ def test_lora_runs_for_every_task(name, tmp_path):
     smoke = ("data.max_train_samples=64", "data.max_eval_samples=16", "data.max_predict_samples=8",
              "training.num_train_epochs=1", "model.train=lora", "output.uri=" + str(tmp_path / "out"))
     args = ["run", "--config", str(ROOT / "job" / "configs" / f"{name}-tiny.yaml")] + [a for s in smoke for a in ("--set", s)]
-    run_cli(*args, env=base_env(FINETUNE_RUN_ID="lora"), cwd=ROOT, check=True)
+    run_cli_here(*args, env=base_env(FINETUNE_RUN_ID="lora"), cwd=ROOT, check=True)
     metrics = _metrics(tmp_path / "out" / "lora")
     assert metrics["train_mode"] == "lora"
     assert 0 < metrics["trainable_parameters"] < metrics["total_parameters"] / 2

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import base_env, demo_rows, read_jsonl, run_cli, tiny_config, write_jsonl, write_yaml
+from conftest import base_env, demo_rows, read_jsonl, run_cli_here, tiny_config, write_jsonl, write_yaml
 from job.cli import config_loader
 from job.config import redacted
 from job.errors import ConfigError
@@ -51,7 +51,7 @@ def test_names_that_look_like_numbers_stay_names(tmp_path, no_env):
 
 
 def test_the_readme_example_override_is_a_number():
-    proc = run_cli("config", "--set", "training.learning_rate=3e-5", env=base_env(FINETUNE_TRAINING__WEIGHT_DECAY="1e-2"))
+    proc = run_cli_here("config", "--set", "training.learning_rate=3e-5", env=base_env(FINETUNE_TRAINING__WEIGHT_DECAY="1e-2"))
     assert proc.returncode == 0, proc.stderr
     assert "training.learning_rate  3e-05  # --set" in proc.stdout.replace("   ", " ").replace("  ", " ") or "3e-05" in proc.stdout
     assert "0.01  # env FINETUNE_TRAINING__WEIGHT_DECAY" in proc.stdout
@@ -80,7 +80,7 @@ def test_the_demo_stays_out_of_a_config_with_data_of_its_own(tmp_path, no_env):
 def test_every_task_runs_from_the_package_alone(tmp_path, task, metric):
     """`finetune-job run --set task=X` with no config and no ../shared: the task's shipped demo data and
     its builtin model (a few steps here; the demo's own epochs take seconds to a minute)."""
-    proc = run_cli("run", "--set", f"task={task}", "--set", "training.max_steps=6", "--set", "output.uri=out", cwd=tmp_path)
+    proc = run_cli_here("run", "--set", f"task={task}", "--set", "training.max_steps=6", "--set", "output.uri=out", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = next(p.parent for p in (tmp_path / "out").glob("*/_SUCCESS"))
     metrics = json.loads((run / "metrics.json").read_text())
@@ -123,7 +123,7 @@ def test_a_tsv_whose_rows_differ_from_its_lines_is_a_data_error(tmp_path):
     tsv = tmp_path / "train.tsv"
     tsv.write_text(MRPC + "1\t5\t6\tfoo\rbar\tbaz\n")  # a carriage return inside a field splits the row
     cfg = {**tiny_config(str(tmp_path / "out")), "data": {"train_files": str(tsv), "text_column": "#1 String", "label_column": "Quality"}}
-    proc = run_cli("run", "--config", str(write_yaml(tmp_path / "job.yaml", cfg)))
+    proc = run_cli_here("run", "--config", str(write_yaml(tmp_path / "job.yaml", cfg)))
     _one_error_line(proc, DATA, "read 8 rows from 7 lines of data")
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("_SUCCESS"))
 
@@ -152,13 +152,13 @@ def test_nested_columns_and_wrapped_json(tmp_path, no_env):
 def test_conll_as_txt_is_hinted_and_conll_columns_follow_the_format(tmp_path, no_env):
     conll = tmp_path / "train.txt"
     conll.write_text("".join(f"EU\tB-ORG\nrejects\tO\nGerman\tB-MISC\ncall{i}\tO\n\n" for i in range(12)))
-    proc = run_cli("check", "--set", "task=token-classification", "--set", f"data.train_files={conll}", env=base_env())
+    proc = run_cli_here("check", "--set", "task=token-classification", "--set", f"data.train_files={conll}", env=base_env())
     _one_error_line(proc, CONFIG, "data.format: conll")
     cfg = config_loader.load(None, ("task=token-classification", f"data.train_files={conll}", "data.format=conll"))
     assert (cfg.data.text_column, cfg.data.label_column) == ("tokens", "tags")
     assert cfg.sources["data.text_column"] == "default for conll data"
-    proc = run_cli("check", "--set", "task=token-classification", "--set", f"data.train_files={conll}", "--set", "data.format=conll",
-                   "--set", f"output.uri={tmp_path / 'out'}", env=base_env())
+    proc = run_cli_here("check", "--set", "task=token-classification", "--set", f"data.train_files={conll}", "--set", "data.format=conll",
+                        "--set", f"output.uri={tmp_path / 'out'}", env=base_env())
     assert proc.returncode == 0 and "columns tokens, tags" in proc.stdout, proc.stderr
 
 
@@ -166,7 +166,7 @@ def test_a_bad_row_is_named_where_it_was_read(tmp_path):
     rows = demo_rows("train")[:30]
     rows[13] = {"text": None, "label": "positive"}
     cfg = {**tiny_config(str(tmp_path / "out")), "data": {"train_files": str(write_jsonl(tmp_path / "train.jsonl", rows)), "max_length": 32}}
-    proc = run_cli("run", "--config", str(write_yaml(tmp_path / "job.yaml", cfg)))
+    proc = run_cli_here("run", "--config", str(write_yaml(tmp_path / "job.yaml", cfg)))
     _one_error_line(proc, DATA, f"row 13 (from 0) of data.train_files: {tmp_path / 'train.jsonl'} has no text")
 
 
@@ -175,12 +175,12 @@ def test_predict_takes_runs_column_options(tmp_path):
     cfg = tiny_config(str(tmp_path / "out"))
     cfg["data"] = {"train_files": str(write_jsonl(tmp_path / "train.jsonl", pairs)), "text_column": "s1", "text_pair_column": "s2", "max_length": 32}
     cfg["training"]["num_train_epochs"] = 1
-    run_cli("run", "--config", str(write_yaml(tmp_path / "job.yaml", cfg)), check=True)
+    run_cli_here("run", "--config", str(write_yaml(tmp_path / "job.yaml", cfg)), check=True)
     model = next((tmp_path / "out").glob("*/model"))
     tsv = tmp_path / "new.tsv"
     tsv.write_text("first\tsecond\n\"quoted start\tplain\nanother one\tand more\n")
-    proc = run_cli("predict", "--model", str(model), "--input", str(tsv), "--output", str(tmp_path / "p.jsonl"),
-                   "--text-column", "first", "--text-pair-column", "second")
+    proc = run_cli_here("predict", "--model", str(model), "--input", str(tsv), "--output", str(tmp_path / "p.jsonl"),
+                        "--text-column", "first", "--text-pair-column", "second")
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = read_jsonl(tmp_path / "p.jsonl")
     assert [(r["text"], r["text_pair"]) for r in rows] == [('"quoted start', "plain"), ("another one", "and more")]
@@ -235,7 +235,7 @@ def test_a_champion_of_another_task_is_kept_unscored(tmp_path, no_env):
     cfg = config_loader.load(None, ("task=masked-lm", "data.train_files=x.txt"))
     decision = promotion.Gate(cfg, store, "mlm", never).decide({"test_perplexity": 3.0})
     assert not decision.promote and "trained for causal-lm, this run for masked-lm" in decision.reason
-    proc = run_cli("check", "--set", "task=masked-lm", "--set", f"output.uri={tmp_path / 'runs'}", env=base_env())
+    proc = run_cli_here("check", "--set", "task=masked-lm", "--set", f"output.uri={tmp_path / 'runs'}", env=base_env())
     assert proc.returncode == 0 and "champion: run clm, not comparable (it was trained for causal-lm" in proc.stdout, proc.stderr
 
 
@@ -265,7 +265,7 @@ def test_a_champion_of_another_task_is_kept_unscored(tmp_path, no_env):
     ("training.load_best_model_at_end=true", "save and eval strategy to match"),
 ])
 def test_training_values_that_cannot_work_are_config_errors_at_check(tmp_path, setting, message):
-    proc = run_cli("check", "--set", setting, "--set", f"output.uri={tmp_path}", env=base_env())
+    proc = run_cli_here("check", "--set", setting, "--set", f"output.uri={tmp_path}", env=base_env())
     _one_error_line(proc, CONFIG, f"config error: {setting.split('=')[0]} (--set): ")
     assert message in proc.stderr
 
@@ -282,7 +282,7 @@ def test_a_corrupt_weights_file_is_a_model_error_naming_it(tmp_path):
     BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8)).save_pretrained(folder)
     (folder / "model.safetensors").write_bytes(b"\x00" * 64 + b"not weights")
     for command in ("check", "run"):
-        proc = run_cli(command, "--config", str(write_yaml(tmp_path / "job.yaml", {
+        proc = run_cli_here(command, "--config", str(write_yaml(tmp_path / "job.yaml", {
             **tiny_config(str(tmp_path / "out")), "model": {"name": str(folder)}})))
         _one_error_line(proc, MODEL, f"model error: {folder / 'model.safetensors'}: not a readable safetensors weights file")
 
@@ -293,7 +293,7 @@ def test_a_corrupt_weights_file_is_a_model_error_naming_it(tmp_path):
 def test_the_last_epochs_evaluation_is_the_final_one(tmp_path):
     cfg = tiny_config(str(tmp_path / "out"))
     cfg["training"]["num_train_epochs"] = 2
-    proc = run_cli("run", "--config", str(write_yaml(tmp_path / "job.yaml", cfg)))
+    proc = run_cli_here("run", "--config", str(write_yaml(tmp_path / "job.yaml", cfg)))
     assert proc.returncode == 0, proc.stderr[-2000:]
     run = next(p.parent for p in (tmp_path / "out").glob("*/_SUCCESS"))
     evaluations = [e for e in json.loads((run / "trainer_state.json").read_text())["log_history"] if "eval_loss" in e]

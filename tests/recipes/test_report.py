@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import ROOT, base_env, run_cli, skip_or_fail, tiny_config, write_yaml
+from conftest import ROOT, base_env, run_cli_here, skip_or_fail, tiny_config, write_yaml
 
 PLOTS = ("data", "token_lengths", "loss", "confusion_matrix", "per_class", "promotion")
 ARTIFACTS = ROOT / "test-artifacts"
@@ -27,8 +27,8 @@ def runs(tmp_path_factory):
     for run_id, training in (("first", {"num_train_epochs": 6}), ("second", {"max_steps": 1, "learning_rate": 1e-6})):
         cfg = tiny_config(str(tmp / "runs"), promotion={"metric": "test_accuracy"})
         cfg["training"].update(training)
-        run_cli("run", "--config", str(write_yaml(tmp / f"{run_id}.yaml", cfg)),
-                env=base_env(FINETUNE_RUN_ID=run_id), cwd=tmp, check=True)
+        run_cli_here("run", "--config", str(write_yaml(tmp / f"{run_id}.yaml", cfg)),
+                     env=base_env(FINETUNE_RUN_ID=run_id), cwd=tmp, check=True)
     return tmp / "runs"
 
 

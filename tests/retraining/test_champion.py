@@ -13,7 +13,7 @@ import os
 
 import pytest
 
-from conftest import base_env, run_cli
+from conftest import base_env, run_cli_here
 from job import storage
 from job.retraining import champion
 from job.retraining import promotion
@@ -172,12 +172,12 @@ def test_a_run_without_success_is_never_promoted(s3_server, bucket, tmp_path, mo
     client = s3_server.client()
     client.put_object(Bucket=bucket, Key="runs/killed/metrics.json", Body=b'{"test_f1": 0.99}')
     client.put_object(Bucket=bucket, Key="runs/killed/model/model.safetensors", Body=b"w")  # killed before _SUCCESS
-    proc = run_cli("promote", "killed", "--output", uri, env=env, cwd=tmp_path)
+    proc = run_cli_here("promote", "killed", "--output", uri, env=env, cwd=tmp_path)
     assert proc.returncode == 6
     assert proc.stderr.strip().splitlines()[-1].endswith(
         f"storage error: {uri}/killed: run killed has no _SUCCESS: not a finished run, so it cannot be champion")
     assert "Traceback" not in proc.stderr
-    assert run_cli("champion", "--output", uri, "--json", env=env, cwd=tmp_path, check=True).stdout.strip() == "null"
+    assert run_cli_here("champion", "--output", uri, "--json", env=env, cwd=tmp_path, check=True).stdout.strip() == "null"
 
     # The gate never promotes one either: it moves the pointer only after _SUCCESS.
     for key, value in s3_server.env().items():
@@ -214,7 +214,7 @@ def test_promote_and_rollback_commands_move_the_pointer_through_the_audit_log(s3
     env = base_env(**s3_server.env())
 
     def cli(*args, code=0):
-        proc = run_cli(*args, "--output", uri, env=env, cwd=tmp_path)
+        proc = run_cli_here(*args, "--output", uri, env=env, cwd=tmp_path)
         assert proc.returncode == code, proc.stderr
         return proc
 
@@ -294,9 +294,9 @@ def test_promotion_settings_are_checked_when_the_config_loads(tmp_path):
         "run_id=promotions": "config error: run_id (--set): 'promotions' is where the champion is kept; choose another run id",
     }
     for setting, message in cases.items():
-        proc = run_cli("config", "--set", setting, cwd=tmp_path)
+        proc = run_cli_here("config", "--set", setting, cwd=tmp_path)
         assert proc.returncode == 3, (setting, proc.stderr)
         assert proc.stderr.strip().splitlines()[-1].endswith(message)
-    proc = run_cli("config", "--set", "promotion.min_delta=2.5%", "--set", "retention.keep_runs=7", cwd=tmp_path, check=True)
+    proc = run_cli_here("config", "--set", "promotion.min_delta=2.5%", "--set", "retention.keep_runs=7", cwd=tmp_path, check=True)
     lines = {line.split()[0]: line.split(None, 1)[1] for line in proc.stdout.splitlines()}
     assert lines["promotion.min_delta"] == '"2.5%"  # --set' and lines["retention.keep_runs"] == "7  # --set"

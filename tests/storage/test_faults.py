@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import base_env, run_cli
+from conftest import base_env, run_cli_here
 from support.faultproxy import FAULTS, FaultProxy
 from job import storage
 from job.retraining import champion
@@ -164,7 +164,7 @@ def test_a_pointer_write_whose_reply_is_lost_succeeds(s3_server, bucket, proxy, 
     proxy.add("PUT", "/runs/champion.json", "slowdown", times=5)
     env = base_env(**{**s3_server.env(), "AWS_ENDPOINT_URL": proxy.endpoint})
     args = ("promote", "b") if command == "promote" else ("rollback",)
-    proc = run_cli(*args, "--output", uri, "--set", "s3.max_attempts=3", env=env, cwd=tmp_path)
+    proc = run_cli_here(*args, "--output", uri, "--set", "s3.max_attempts=3", env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "it landed" in proc.stderr and "Traceback" not in proc.stderr
     assert proxy.counts == {"reset_response": 1, "slowdown": 2}

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from conftest import ROOT, SHARED, base_env, read_jsonl, run_cli, write_jsonl, write_yaml
+from conftest import ROOT, SHARED, base_env, read_jsonl, run_cli, run_cli_here, write_jsonl, write_yaml
 
 E2E = SHARED / "data" / "e2e-nlg"
 TINY_CONFIG = ROOT / "job" / "configs" / "seq2seq-tiny.yaml"
@@ -61,7 +61,7 @@ def test_prefix_targets_and_generation_settings_reach_the_model(tmp_path):
         "output": {"uri": str(tmp_path / "out")},
         "training": {"num_train_epochs": 1, "learning_rate": 0.003, "per_device_train_batch_size": 16, "logging_steps": 50},
     }
-    run_cli("run", "--config", str(write_yaml(tmp_path / "s.yaml", cfg)), env=base_env(FINETUNE_RUN_ID="copy"), cwd=tmp_path, check=True)
+    run_cli_here("run", "--config", str(write_yaml(tmp_path / "s.yaml", cfg)), env=base_env(FINETUNE_RUN_ID="copy"), cwd=tmp_path, check=True)
     run_dir = tmp_path / "out" / "copy"
     meta = json.loads((run_dir / "model" / "finetune_job.json").read_text())
     assert meta["task_settings"] == {"source_prefix": "copy: ", "max_target_length": 8, "num_beams": 2, "max_new_tokens": 5}
@@ -73,7 +73,7 @@ def test_prefix_targets_and_generation_settings_reach_the_model(tmp_path):
 
     out = tmp_path / "generated.jsonl"
     write_jsonl(tmp_path / "sources.jsonl", [{"src": p["source"]} for p in predicted])
-    run_cli("predict", "--model", str(run_dir / "model"), "--input", str(tmp_path / "sources.jsonl"), "--output", str(out), check=True)
+    run_cli_here("predict", "--model", str(run_dir / "model"), "--input", str(tmp_path / "sources.jsonl"), "--output", str(out), check=True)
     again = read_jsonl(out)
     assert [a["generated"] for a in again] == [p["generated"] for p in predicted]
     assert all(a["reference"] is None for a in again)
@@ -82,6 +82,6 @@ def test_prefix_targets_and_generation_settings_reach_the_model(tmp_path):
 def test_a_missing_target_column_is_a_data_error(tmp_path):
     write_jsonl(tmp_path / "train.jsonl", [{"src": "a b", "target": "b a"}] * 10)
     cfg = {"task": "seq2seq", "data": {"train_files": str(tmp_path / "train.jsonl"), "text_column": "src", "label_column": "tgt"}}
-    proc = run_cli("check", "--config", str(write_yaml(tmp_path / "s.yaml", cfg)), cwd=tmp_path)
+    proc = run_cli_here("check", "--config", str(write_yaml(tmp_path / "s.yaml", cfg)), cwd=tmp_path)
     assert proc.returncode == 4
     assert "data error: data.label_column: column 'tgt' is not in the train split (columns: src, target)" in proc.stderr

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from conftest import TINY_TRAINING, base_env, read_jsonl, run_cli, write_jsonl, write_yaml
+from conftest import TINY_TRAINING, base_env, read_jsonl, run_cli_here, write_jsonl, write_yaml
 
 TOPICS = {"food": ["pizza", "bread", "soup"], "music": ["song", "guitar", "drum"], "sport": ["goal", "match", "team"]}
 FILLER = ["the", "a", "today", "we", "saw", "some", "and", "then", "very", "nice"]
@@ -43,8 +43,8 @@ def _run(tmp_path, run_id: str, task: dict, data: dict, epochs: int = 4):
         "output": {"uri": str(tmp_path / "out")},
         "training": {**TINY_TRAINING, "num_train_epochs": epochs, "learning_rate": 0.003},
     }
-    run_cli("run", "--config", str(write_yaml(tmp_path / f"{run_id}.yaml", cfg)), env=base_env(FINETUNE_RUN_ID=run_id),
-            cwd=tmp_path, check=True)
+    run_cli_here("run", "--config", str(write_yaml(tmp_path / f"{run_id}.yaml", cfg)), env=base_env(FINETUNE_RUN_ID=run_id),
+                 cwd=tmp_path, check=True)
     run_dir = tmp_path / "out" / run_id
     predictions = read_jsonl(run_dir / "predictions.jsonl")
     return json.loads((run_dir / "metrics.json").read_text()), predictions, json.loads((run_dir / "model" / "config.json").read_text())
@@ -97,7 +97,7 @@ def test_regression_learns_the_number_a_text_names(tmp_path):
 def test_problem_type_mistakes_are_one_line(tmp_path, task, rows, label_names, code, message):
     train = write_jsonl(tmp_path / "train.jsonl", rows or [{"text": "a", "label": "x"}])
     cfg = {"task": {"name": "text-classification", **task}, "data": {"train_files": str(train), "label_names": label_names}}
-    proc = run_cli("check", "--config", str(write_yaml(tmp_path / "c.yaml", cfg)), cwd=tmp_path)
+    proc = run_cli_here("check", "--config", str(write_yaml(tmp_path / "c.yaml", cfg)), cwd=tmp_path)
     assert proc.returncode == code, proc.stderr
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SHARED, base_env, read_jsonl, run_cli, write_jsonl, write_yaml
+from conftest import ROOT, SHARED, base_env, read_jsonl, run_cli, run_cli_here, write_jsonl, write_yaml
 from support.tiny_models import BERT_VOCAB, bert_with_real_vocab
 
 WNUT = SHARED / "data" / "wnut17"
@@ -46,7 +46,7 @@ def test_a_conll_file_without_tags_is_input_and_a_mixed_one_names_its_line(tmp_p
 
     (tmp_path / "mixed.conll").write_text("a\tO\nb\n")
     path = write_yaml(tmp_path / "bad.yaml", {"task": "token-classification", "data": {"train_files": str(tmp_path / "mixed.conll")}})
-    proc = run_cli("check", "--config", str(path), cwd=tmp_path)
+    proc = run_cli_here("check", "--config", str(path), cwd=tmp_path)
     assert proc.returncode == 4
     assert f"data error: {tmp_path / 'mixed.conll'}:2: expected token<TAB>tag, as on the file's first line; got 'b'" in proc.stderr
 
@@ -116,7 +116,7 @@ def test_json_rows_label_all_sub_words_and_predict(tmp_path):
         "training": {"num_train_epochs": 6, "learning_rate": 0.005, "per_device_train_batch_size": 16, "logging_steps": 20},
     }
     path = write_yaml(tmp_path / "ner.yaml", cfg)
-    run_cli("run", "--config", str(path), env=base_env(FINETUNE_RUN_ID="json"), cwd=tmp_path, check=True)
+    run_cli_here("run", "--config", str(path), env=base_env(FINETUNE_RUN_ID="json"), cwd=tmp_path, check=True)
     run_dir = tmp_path / "out" / "json"
     model_cfg = json.loads((run_dir / "model" / "config.json").read_text())
     assert list(model_cfg["id2label"].values()) == ["O", "B-loc", "B-per", "I-per"]  # O first, then sorted
@@ -132,7 +132,7 @@ def test_json_rows_label_all_sub_words_and_predict(tmp_path):
 
     out = tmp_path / "scored.jsonl"
     write_jsonl(tmp_path / "unlabelled.jsonl", [{"words": p["tokens"]} for p in predictions])
-    run_cli("predict", "--model", str(run_dir / "model"), "--input", str(tmp_path / "unlabelled.jsonl"), "--output", str(out), check=True)
+    run_cli_here("predict", "--model", str(run_dir / "model"), "--input", str(tmp_path / "unlabelled.jsonl"), "--output", str(out), check=True)
     scored = read_jsonl(out)
     assert [s["predicted"] for s in scored] == [p["predicted"] for p in predictions]
     assert all(s["tags"] is None for s in scored)

@@ -14,6 +14,7 @@ from conftest import ROOT, SHARED, base_env
 VOCAB = SHARED / "models" / "bert-uncased-vocab" / "vocab.txt"
 
 
+@pytest.mark.slow  # a minute of benchmark runs: make test, not the edit-test loop
 @pytest.mark.skipif(not VOCAB.is_file(), reason="../shared is not present")
 def test_bench_gpu_runs_on_cpu_and_prints_one_table(tmp_path):
     variants = "plain Trainer,job defaults,packing off (blocks across documents)"
