@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 PIP_FLAGS ?=
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: venv run test test-fast bench bench-gpu bench-transfer clean
+.PHONY: venv run test test-fast bench bench-gpu bench-transfer bench-seed clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,14 @@ bench: $(STAMP)
 ## bench-transfer: full fine-tuning, head-only and LoRA on all-MiniLM-L6-v2 (../shared), one table
 bench-transfer: $(STAMP)
 	$(BIN)/python benchmarks/bench_transfer.py
+
+## bench-seed: the seed's workload (all-MiniLM-L6-v2, rotten_tomatoes, 1 epoch): the job's three modes against
+## transformers' run_classification.py, given as HF_RUN_CLASSIFICATION=PATH (its rows skipped without it;
+## they need `pip install evaluate`); BENCH_SEED_FLAGS="--train-rows 1000" for a subset
+HF_RUN_CLASSIFICATION ?=
+BENCH_SEED_FLAGS ?=
+bench-seed: $(STAMP)
+	$(BIN)/python benchmarks/bench_seed.py $(if $(HF_RUN_CLASSIFICATION),--reference $(HF_RUN_CLASSIFICATION)) $(BENCH_SEED_FLAGS)
 
 ## bench-gpu: training tokens/s and MFU, the job's defaults against plain Trainer and each GPU default on/off
 ## (tiny models on CPU; on a GPU machine without this venv: bash benchmarks/gpu_check.sh)

@@ -5,7 +5,7 @@
     lora:
       r: 8                  # rank of each adapter
       alpha: 16             # the adapter's update is scaled by alpha / r
-      dropout: 0.1          # on the adapter's input
+      dropout: 0.0          # on the adapter's input (0: none, and no copy of every layer's input)
       target_modules: null  # every linear layer but the output layer and the task head
       publish: merged       # merged: an ordinary model; adapter: adapters + head, loaded over model.name
 
@@ -57,6 +57,7 @@ HEADS = ("classifier", "score")  # a classification model's new head: trained in
 
 def wrap(model, settings: LoraSettings, task):
     """`model` with adapters on its target layers, everything else frozen but a classification head."""
+    import torch
     from peft import LoraConfig, get_peft_model
 
     task_type = TASK_TYPES.get(task.MODEL_CLASS)
@@ -66,6 +67,7 @@ def wrap(model, settings: LoraSettings, task):
         task_type=task_type, r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
         target_modules=targets, modules_to_save=list(heads) or None,  # a copy: peft appends its own names to it
     )
+    config._register_custom_module({torch.nn.Linear: fused_linear_class()})  # peft's own Linear, one op less
     try:
         with warnings.catch_warnings():  # peft 0.21 asks transformers 5 a deprecated question on every wrap
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -75,6 +77,36 @@ def wrap(model, settings: LoraSettings, task):
     log.info("lora: rank %d, alpha %g on %d layers; trained in full: %s", settings.r, settings.alpha,
              len(_adapted(wrapped)), ", ".join(heads) or "nothing else")
     return wrapped
+
+
+def fused_linear_class():
+    """peft's LoRA Linear whose plain training forward adds the adapter's update inside one matrix
+    multiply: base(x) + s * B(A(x)) as addmm(base(x), A(x), B^T, alpha=s). peft's own forward scales
+    and adds the update as two more passes over every layer's full output (and their backward), 13%
+    of a LoRA step on a CPU (all-MiniLM-L6-v2, batch 32); with this, a LoRA step costs less than a
+    full one. Anything else (dropout on the adapter's input, several or disabled adapters, a merged
+    layer, another dtype) takes peft's own forward; merging, saving and loading are peft's."""
+    import torch
+    from peft.tuners.lora.layer import Linear
+
+    class FusedLinear(Linear):
+        def forward(self, x, *args, **kwargs):
+            adapters = self.active_adapters
+            if (args or kwargs or self.disable_adapters or self.merged or len(adapters) != 1
+                    or adapters[0] not in self.lora_A or adapters[0] in self.lora_variant
+                    or not isinstance(self.lora_dropout[adapters[0]], torch.nn.Identity)):
+                return super().forward(x, *args, **kwargs)
+            name = adapters[0]
+            down, up = self.lora_A[name], self.lora_B[name]
+            if x.dtype != down.weight.dtype or up.bias is not None:
+                return super().forward(x, *args, **kwargs)
+            result = self.base_layer(x)
+            update = down(x)
+            fused = torch.addmm(result.reshape(-1, result.shape[-1]), update.reshape(-1, update.shape[-1]),
+                                up.weight.t(), alpha=self.scaling[name])
+            return fused.view(result.shape)
+
+    return FusedLinear
 
 
 def default_targets(model, heads: list[str]) -> list[str]:

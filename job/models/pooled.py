@@ -87,9 +87,15 @@ class PooledTextClassifier(PreTrainedModel):
 
     @classmethod
     def around(cls, body: PreTrainedModel, pooling: str, **config_kwargs) -> "PooledTextClassifier":
-        """A classifier over a loaded `body` (its pretrained weights kept), with a new head."""
-        model = cls(PooledClassifierConfig(body=body.config, pooling=pooling, **config_kwargs))
-        model.body = body  # replaces the randomly initialised body the constructor built
+        """A classifier over a loaded `body` (its pretrained weights kept), with a new head. The
+        constructor's own body is built on the meta device (no memory, no random initialisation: 1.8 s
+        for all-MiniLM-L6-v2's, thrown away), then replaced; the head is built for real."""
+        config = PooledClassifierConfig(body=body.config, pooling=pooling, **config_kwargs)
+        with torch.device("meta"):
+            model = cls(config)
+        model.body = body
+        model.head = PooledHead(body.config.hidden_size, config.num_labels, config.problem_type, config.classifier_dropout)
+        model._init_weights(model.head.classifier)  # as post_init would have: the config's initializer_range
         return model
 
     def get_input_embeddings(self):

@@ -126,6 +126,56 @@ def _lora_parameters(model, r: int, heads: tuple[str, ...] = ("classifier",)) ->
     return adapters + sum(p.numel() for name in heads for p in getattr(model, name).parameters())
 
 
+def test_lora_fused_layer_computes_what_peft_computes_and_merges_the_same(tmp_path):
+    """job/models/lora.py adds the adapter's update inside one addmm: outputs, gradients and the merged model
+    must be peft's own, and a layer with adapter dropout must fall back to peft's forward."""
+    import copy
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from job.models import lora
+
+    torch.manual_seed(0)
+    base = BertForSequenceClassification(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2,
+                                                    num_attention_heads=2, intermediate_size=64, num_labels=2))
+    targets = lora.default_targets(base, ["classifier"])
+
+    def wrapped(fused: bool, dropout: float = 0.0):
+        settings = LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, lora_dropout=dropout, target_modules=targets,
+                              modules_to_save=["classifier"])
+        if fused:
+            settings._register_custom_module({torch.nn.Linear: lora.fused_linear_class()})
+        return get_peft_model(copy.deepcopy(base), settings)
+
+    plain, fused = wrapped(False), wrapped(True)
+    with torch.no_grad():  # B starts at zero; give the update something to add
+        for name, p in plain.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.1)
+    fused.load_state_dict(plain.state_dict())
+    assert type(fused.base_model.model.bert.encoder.layer[0].attention.self.query).__name__ == "FusedLinear"
+    batch = {"input_ids": torch.randint(0, 100, (3, 7)), "attention_mask": torch.ones(3, 7, dtype=torch.long),
+             "labels": torch.tensor([0, 1, 1])}
+    for model in (plain, fused):
+        model.eval()
+        model(**batch).loss.backward()
+    assert torch.allclose(plain(**batch).logits, fused(**batch).logits, atol=1e-6)
+    grads = {n: p.grad for n, p in plain.named_parameters() if p.requires_grad}
+    for name, p in fused.named_parameters():
+        if p.requires_grad:
+            assert torch.allclose(p.grad, grads[name], atol=1e-6), name
+    assert torch.allclose(plain.merge_and_unload()(**batch).logits, fused.merge_and_unload()(**batch).logits, atol=1e-6)
+    peft_dropout, fused_dropout = wrapped(False, dropout=0.5).train(), wrapped(True, dropout=0.5).train()
+    fused_dropout.load_state_dict(peft_dropout.state_dict())
+    outputs = []
+    for model in (peft_dropout, fused_dropout):  # the same masks drawn: the fused layer took peft's own forward
+        torch.manual_seed(1)
+        outputs.append(model(**batch).logits)
+    assert torch.equal(*outputs)
+
+
 def test_lora_trains_only_the_adapters_and_the_head_and_publishes_an_ordinary_model(tmp_path):
     from safetensors.torch import load_file
     from transformers import AutoModelForSequenceClassification
