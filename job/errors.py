@@ -2,7 +2,7 @@
 
 Kubernetes decides from the exit code alone whether a failed pod is worth retrying (see the Job's
 `podFailurePolicy` in k8s/base/job.yaml), so each kind of mistake has its own code and this table is
-the contract. It is documented once more in the README.
+the contract. It is documented once more in docs/failures-and-security.md.
 
 | code | meaning                                                   | retry?               |
 |------|-----------------------------------------------------------|----------------------|

@@ -495,6 +495,7 @@ def report_timings(config, title: str, recorded: dict) -> None:
             reporter.write_line(f"{step}: {value:.1f}" if isinstance(value, float) else f"{step}: {value}")
 
 
-def pytest_testnodedown(node, error):  # an xdist hook: called on the controller only
+@pytest.hookimpl(optionalhook=True)  # an xdist hook (called on the controller only): optional without xdist
+def pytest_testnodedown(node, error):
     for title, recorded in getattr(node, "workeroutput", {}).get("timings", {}).items():
         report_timings(node.config, title, recorded)

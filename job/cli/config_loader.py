@@ -1,6 +1,6 @@
 """Reading a config: the four layers that set it, merged, typed and checked.
 
-Precedence, lowest to highest (documented once, here and in the README):
+Precedence, lowest to highest (documented once, here and in docs/configuration.md):
 
     defaults  <  YAML file (--config / FINETUNE_CONFIG)  <  FINETUNE_* environment  <  --set key=value
 

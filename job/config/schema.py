@@ -141,7 +141,7 @@ class TrackingConfig:
 
 @dataclass
 class TaskConfig:
-    name: str = _setting("text-classification", "The kind of fine-tuning: a name in job/tasks/ TASKS (README: Tasks).")
+    name: str = _setting("text-classification", "The kind of fine-tuning: a name in job/tasks/ TASKS (docs/tasks.md).")
     settings: Any = None  # the task module's own Settings dataclass, filled in by load()
 
 

@@ -33,8 +33,7 @@ from job.training import throughput
 log = logging.getLogger(__name__)
 
 
-# What each `model.train` mode needs where the user's `training:` section is silent (README: Transfer
-# learning). A new head or an adapter starts from scratch on a small share of the weights and wants a
+# What each `model.train` mode needs where the user's `training:` section is silent (docs/transfer-learning.md). A new head or an adapter starts from scratch on a small share of the weights and wants a
 # far larger rate than full fine-tuning's 5e-5 (Trainer's default, kept for `all`). Head-only epochs
 # are cheap (the head reads cached vectors; job/training/head_only.py), so it takes many, in batches of 32
 # (8, Trainer's default, would be 4x the steps), in random order (the vectors have no length to
