@@ -13,7 +13,7 @@ import sys
 
 import click
 
-from job import errors
+from job import errors, launch
 
 COMMANDS = {
     "run": "job.commands.run",
@@ -82,13 +82,19 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         _fail("interrupted", errors.EXIT_INTERRUPTED, None)
-    except Exception as exc:  # a bug, not a user mistake: keep the traceback
+    except Exception as exc:
+        if launch.peer_lost(exc):  # another worker failed first: it says why, the agent says which
+            _fail(f"worker {launch.worker_rank()}: stopped, its connection to another worker closed (that one failed first)",
+                  errors.EXIT_PEER_LOST, exc)
+        # a bug, not a user mistake: keep the traceback
+        launch.record_failure(errors.EXIT_INTERNAL, f"internal error: {type(exc).__name__}")
         log.error("internal error: %s: %s", type(exc).__name__, exc, exc_info=True, extra={"exit_code": errors.EXIT_INTERNAL})
         sys.exit(errors.EXIT_INTERNAL)
     sys.exit(0)
 
 
 def _fail(message: str, code: int, exc: BaseException | None) -> None:
+    launch.record_failure(code, message)
     if logging.getLogger().handlers:
         log.error(message, exc_info=exc if _debug else None, extra={"exit_code": code})
     else:  # failed before logging was set up

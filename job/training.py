@@ -185,8 +185,10 @@ def _trainer_class(task):
             # before asking for a sampler, which would then re-measure every row: read the column here.
             dataset, args = self.train_dataset, self.args
             if args.train_sampling_strategy == "group_by_length" and "length" in (dataset.column_names or []):
+                # Grouped by the global batch: the same row order on any world size, so a run resumed
+                # on another one (job/checkpoints.py: keep_global_batch) trains on the same rows per step.
                 self.length_sampler = _length_grouped_sampler(
-                    args.train_batch_size * args.gradient_accumulation_steps,
+                    args.train_batch_size * args.gradient_accumulation_steps * args.world_size,
                     lengths=dataset[args.length_column_name],
                     seed=args.data_seed if args.data_seed is not None else args.seed,
                 )
