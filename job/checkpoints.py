@@ -163,9 +163,10 @@ def keep_global_batch(args, manifest: dict | None) -> None:
     per_worker = wanted // world
     per_device = max(d for d in range(1, min(per_worker, args.per_device_train_batch_size) + 1) if per_worker % d == 0)
     args.per_device_train_batch_size, args.gradient_accumulation_steps = per_device, per_worker // per_device
-    log.warning("resume: world size %d (was %d): global batch %d kept as %d x %d per device x %d accumulation (was %s); "
-                "resuming at step %d, sample %d of the run", world, manifest["world_size"], wanted, world, per_device,
-                per_worker // per_device, was, manifest["step"], manifest["step"] * wanted)
+    if args.process_index == 0:
+        log.warning("resume: world size %d (was %d): global batch %d kept as %d x %d per device x %d accumulation (was %s); "
+                    "resuming at step %d, sample %d of the run", world, manifest["world_size"], wanted, world, per_device,
+                    per_worker // per_device, was, manifest["step"], manifest["step"] * wanted)
 
 
 def _verified(local: Path, manifest: dict) -> bool:
