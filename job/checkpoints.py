@@ -150,7 +150,7 @@ def keep_global_batch(args, manifest: dict | None) -> None:
     if not manifest or "global_batch_size" not in manifest:
         return  # a checkpoint from before the job recorded it: nothing to compare with
     wanted, world = manifest["global_batch_size"], args.world_size
-    if batch_of(args)["global_batch_size"] == wanted:
+    if batch_of(args)["global_batch_size"] == wanted and world == manifest["world_size"]:
         return
     was = (f"{manifest['world_size']} x {manifest['per_device_train_batch_size']} per device x "
            f"{manifest['gradient_accumulation_steps']} accumulation")
@@ -161,8 +161,10 @@ def keep_global_batch(args, manifest: dict | None) -> None:
             where="distributed.nproc_per_node",
         )
     per_worker = wanted // world
-    per_device = max(d for d in range(1, min(per_worker, args.per_device_train_batch_size) + 1) if per_worker % d == 0)
-    args.per_device_train_batch_size, args.gradient_accumulation_steps = per_device, per_worker // per_device
+    if batch_of(args)["global_batch_size"] != wanted:  # the config's own split gives another global batch
+        per_device = max(d for d in range(1, min(per_worker, args.per_device_train_batch_size) + 1) if per_worker % d == 0)
+        args.per_device_train_batch_size, args.gradient_accumulation_steps = per_device, per_worker // per_device
+    per_device = args.per_device_train_batch_size
     if args.process_index == 0:
         log.warning("resume: world size %d (was %d): global batch %d kept as %d x %d per device x %d accumulation (was %s); "
                     "resuming at step %d, sample %d of the run", world, manifest["world_size"], wanted, world, per_device,
