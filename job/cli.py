@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import signal
 import sys
 
 import click
@@ -70,6 +71,9 @@ def cli(ctx: click.Context, log_format: str, debug: bool) -> None:
 
 
 def main() -> None:
+    # SIGTERM before the run installs its own handler (job/checkpoints.py), while modules load: exit 10
+    # like any interruption outside training, not death by signal.
+    signal.signal(signal.SIGTERM, _interrupt_at_start)
     try:
         cli.main(prog_name="finetune-job", standalone_mode=False)
     except errors.JobError as exc:
@@ -91,6 +95,10 @@ def main() -> None:
         log.error("internal error: %s: %s", type(exc).__name__, exc, exc_info=True, extra={"exit_code": errors.EXIT_INTERNAL})
         sys.exit(errors.EXIT_INTERNAL)
     sys.exit(0)
+
+
+def _interrupt_at_start(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _fail(message: str, code: int, exc: BaseException | None) -> None:

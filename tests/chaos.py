@@ -151,13 +151,12 @@ def _chaos(opts, worlds, rng, tmp: Path, server, proxy) -> int:
 
     # Steps lost per preemption: what attempt k trained beyond the checkpoint attempt k+1 resumed from.
     lost, since_save, cut = [], [], {}
-    for k in range(len(attempts) - 1):
-        nxt = attempts[k + 1]["resumed"]
+    trained_attempts = [k for k, a in enumerate(attempts) if a["reached"] > 0]
+    for k, nxt in zip(trained_attempts, trained_attempts[1:]):  # attempts stopped before training lose nothing
         for pid in pids[k]:
-            cut[pid] = nxt
-        if attempts[k]["reached"] > 0:
-            lost.append(max(0, attempts[k]["reached"] - nxt))
-            since_save.append(attempts[k]["reached"] % opts.every if attempts[k]["saved"] is None else 0)
+            cut[pid] = attempts[nxt]["resumed"]
+        lost.append(max(0, attempts[k]["reached"] - attempts[nxt]["resumed"]))
+        since_save.append(attempts[k]["reached"] % opts.every if attempts[k]["saved"] is None else 0)
     steps = _ledger(ledger, cut)
     steps_straight = _ledger(ledger_straight, {})
     finished = attempts[-1]["code"] == 0
