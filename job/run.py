@@ -106,7 +106,9 @@ def run(cfg: JobConfig, log_format: str = "text") -> RunResult:
     # SIGTERM while training: a checkpoint at the next step, then exit 10. A streamed bucket that fails: exit 6.
     with stop.deferred(), data.storage_faults(cfg.data):
         train_result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    publisher.wait()
+        # Uploads can lag behind fast steps: a SIGTERM now waits for them (the grace period is the
+        # checkpoints'), or the rerun would redo every step since the last one that was up.
+        publisher.wait()
     if publisher.stopped_at is not None:
         saved = (f"its checkpoint is in {store.url(checkpoints.prefix(run_id))}/" if publisher.uploaded == publisher.stopped_at or args.process_index != 0
                  else "its checkpoint could not be uploaded, the rerun resumes from the last one that was")
