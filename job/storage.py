@@ -237,6 +237,29 @@ class _Incomplete(Exception):
     """A reply that parsed but lacks what every complete one has (its headers or body were cut)."""
 
 
+_ETAG = re.compile(r'"[^"]+"')  # S3 quotes every ETag: a value cut short has lost its closing quote
+
+
+def _etag_missing(http_response) -> bool:
+    return http_response is not None and http_response.status_code == 200 and not _ETAG.fullmatch(
+        http_response.headers.get("ETag", ""))
+
+
+def _retry_part_without_etag(response=None, attempts=1, caught_exception=None, **kwargs):
+    """botocore's retry hook for UploadPart: a 200 without a whole ETag is sent again (0.1 s later),
+    like a part whose connection was reset, within the client's own attempts."""
+    if caught_exception is None and response is not None and _etag_missing(response[0]) and attempts < 3:
+        log.warning("storage: a part's reply came without its ETag; sending the part again (attempt %d)", attempts + 1)
+        return 0.1
+    return None
+
+
+def _refuse_part_without_etag(http_response=None, **kwargs):
+    """Still no ETag after botocore's attempts: the part failed, and with it the file (retried whole)."""
+    if _etag_missing(http_response):
+        raise _Incomplete("a part's reply without its ETag header")
+
+
 _backoff = random.Random()  # jitter of its own: training seeds the global generator
 
 
@@ -258,6 +281,10 @@ class S3Store:
         self.transfers = session.client(
             "s3", endpoint_url=_endpoint(s3), region_name=s3.region, config=_botocore_config(s3, min(s3.max_attempts, 3))
         )
+        # A part whose reply lost its headers still parses as a 200: boto3 would keep a missing or cut
+        # ETag and CompleteMultipartUpload be refused (400) after every part was sent. Such a part failed.
+        self.transfers.meta.events.register("needs-retry.s3.UploadPart", _retry_part_without_etag)
+        self.transfers.meta.events.register("after-call.s3.UploadPart", _refuse_part_without_etag)
         mb = 1024 * 1024
         self.transfer = TransferConfig(
             multipart_threshold=s3.multipart_threshold_mb * mb,
@@ -420,6 +447,11 @@ def _describe(exc: BaseException) -> tuple[str | None, bool]:
         code = _code(error)
         status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
         message = error.response.get("Error", {}).get("Message") or error.operation_name
+        if error.operation_name == "CompleteMultipartUpload" and 400 <= status < 500 and code not in ("403", "AccessDenied"):
+            # The parts as the client recorded them were refused (a part's reply was cut, its ETag
+            # lost or garbled; or the upload was completed by a try whose reply was lost): the file
+            # is uploaded again from its start, within the unit's attempts.
+            return f"{code}: {message} (completing the multipart upload was refused; uploading the whole file again)", True
         return f"{code}: {message}", status >= 500 or code in _RETRIED_4XX or (code.isdigit() and int(code) >= 500)
     if isinstance(exc, _cut_reply_errors()) or _garbled_reply(exc):
         return f"{type(exc).__name__}: {_first_line(exc)}", True
