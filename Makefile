@@ -41,6 +41,13 @@ test-fast: $(STAMP)
 soak: $(STAMP)
 	FAULT_SOAK=1 $(BIN)/python -m pytest tests/e2e/test_faults_runs.py -k soak -s
 
+## chaos: preemption as a cluster does it: SIGTERM at random moments, 15% storage faults, a fresh pod per attempt,
+## against an undisturbed run (CHAOS_ARGS="--worlds 2,1,2", "--model ../shared/models/all-MiniLM-L6-v2 --rows 768")
+.PHONY: chaos
+CHAOS_ARGS ?=
+chaos: $(STAMP)
+	$(BIN)/python benchmarks/chaos.py $(CHAOS_ARGS)
+
 ## bench: padding (classification, causal-lm packing) and evaluation costs, against baselines in the same run
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_padding.py

@@ -28,6 +28,9 @@ EXIT_DATA = 4
 EXIT_MODEL = 5
 EXIT_STORAGE = 6
 EXIT_INTERRUPTED = 10
+# Between a worker and its agent only, never the job's exit code: this worker stopped because another
+# one failed (its connection closed); the agent reports the one that failed first (job/training/launch.py).
+EXIT_PEER_LOST = 11
 
 
 class JobError(click.ClickException):

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import importlib
 import logging
+import signal
 import sys
 
 import click
 
 from job import errors
 from job.cli import logs as job_log
+from job.training import launch
 
 COMMANDS = {
     "run": "job.cli.run",
@@ -69,6 +71,9 @@ def cli(ctx: click.Context, log_format: str, debug: bool) -> None:
 
 
 def main() -> None:
+    # SIGTERM before the run installs its own handler (job/training/checkpoints.py), while modules load: exit 10
+    # like any interruption outside training, not death by signal.
+    signal.signal(signal.SIGTERM, _interrupt_at_start)
     try:
         cli.main(prog_name="finetune-job", standalone_mode=False)
     except errors.JobError as exc:
@@ -81,13 +86,23 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         _fail("interrupted", errors.EXIT_INTERRUPTED, None)
-    except Exception as exc:  # a bug, not a user mistake: keep the traceback
+    except Exception as exc:
+        if launch.peer_lost(exc):  # another worker failed first: it says why, the agent says which
+            _fail(f"worker {launch.worker_rank()}: stopped, its connection to another worker closed (that one failed first)",
+                  errors.EXIT_PEER_LOST, exc)
+        # a bug, not a user mistake: keep the traceback
+        launch.record_failure(errors.EXIT_INTERNAL, f"internal error: {type(exc).__name__}")
         log.error("internal error: %s: %s", type(exc).__name__, exc, exc_info=True, extra={"exit_code": errors.EXIT_INTERNAL})
         sys.exit(errors.EXIT_INTERNAL)
     sys.exit(0)
 
 
+def _interrupt_at_start(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def _fail(message: str, code: int, exc: BaseException | None) -> None:
+    launch.record_failure(code, message)
     if logging.getLogger().handlers:
         log.error(message, exc_info=exc if _debug else None, extra={"exit_code": code})
     else:  # failed before logging was set up

@@ -20,7 +20,9 @@ import os
 
 PREFIX = "FINETUNE_"
 # Variables with the prefix that are command-line options, not config keys.
-CLI_VARIABLES = {"FINETUNE_CONFIG", "FINETUNE_LOG_FORMAT", "FINETUNE_DEBUG"}
+CLI_VARIABLES = {"FINETUNE_CONFIG", "FINETUNE_LOG_FORMAT", "FINETUNE_DEBUG",
+                 "FINETUNE_WORKER_FAILURES",  # set by the agent for its workers (job/training/launch.py)
+                 "FINETUNE_ROW_LEDGER"}  # where workers record the rows they trained on (job/training/trainers.py)
 
 # Values that must never reach a log line or an output file, wherever they appear.
 SECRET_VARIABLES = (

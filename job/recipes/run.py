@@ -89,7 +89,8 @@ def run(cfg: JobConfig, log_format: str = "text") -> RunResult:
 
         # 3. Features: tokenized once; padding happens per batch in the collator.
         features, collator = training.prepare(cfg, task, spec, tokenizer, raw)
-        resume_from = checkpoints.fetch_latest(store, run_id, work / "resume", config_sha)
+        resume_from, resumed = checkpoints.fetch_latest(store, run_id, work / "resume", config_sha)
+    checkpoints.keep_global_batch(args, resumed)  # another world size: same global batch, or exit 3
     trained = models.parameter_counts(model, cfg)
     tokenized, cached = features, None
     if cfg.model.train == "head":
@@ -99,7 +100,7 @@ def run(cfg: JobConfig, log_format: str = "text") -> RunResult:
         model, features, collator = cached.head, cached.features, cached.collator
 
     # 4. Train (from the latest complete checkpoint, if any), evaluate on validation, predict on test.
-    publisher = checkpoints.publisher(store, run_id, cfg.checkpoint, stop, config_sha, work)
+    publisher = checkpoints.publisher(store, run_id, cfg.checkpoint, stop, config_sha, work, checkpoints.batch_of(args))
     trainer = training.trainer(
         cfg, args, model, tokenizer, features, collator, compute_metrics=lambda p: task.compute_metrics(p, spec)
     )
@@ -113,12 +114,13 @@ def run(cfg: JobConfig, log_format: str = "text") -> RunResult:
     # SIGTERM while training: a checkpoint at the next step, then exit 10. A streamed bucket that fails: exit 6.
     with stop.deferred(), storage_faults(cfg.data):
         train_result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    publisher.wait()
+        # Uploads can lag behind fast steps: a SIGTERM now waits for them (the grace period is the
+        # checkpoints'), or the rerun would redo every step since the last one that was up.
+        publisher.wait()
     if publisher.stopped_at is not None:
-        raise Interrupted(
-            f"stopped by {stop.signal_name} at step {publisher.stopped_at}; its checkpoint is in "
-            f"{store.url(checkpoints.prefix(run_id))}/; run again with run id {run_id} to resume"
-        )
+        saved = (f"its checkpoint is in {store.url(checkpoints.prefix(run_id))}/" if publisher.uploaded == publisher.stopped_at or args.process_index != 0
+                 else "its checkpoint could not be uploaded, the rerun resumes from the last one that was")
+        raise Interrupted(f"stopped by {stop.signal_name} at step {publisher.stopped_at}; {saved}; run again with run id {run_id} to resume")
     stop.raise_if_stopped()  # a SIGTERM after the last step (in the final evaluation) stops here, exit 10
     resumed_step = checkpoints.step_of(resume_from)
     if resumed_step is not None:

@@ -48,6 +48,11 @@ def fault_of(exc: BaseException) -> tuple[str | None, bool]:
         code = error_code(error)
         status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
         message = error.response.get("Error", {}).get("Message") or error.operation_name
+        if error.operation_name == "CompleteMultipartUpload" and 400 <= status < 500 and code not in ("403", "AccessDenied"):
+            # The parts as the client recorded them were refused (a part's reply was cut, its ETag
+            # lost or garbled; or the upload was completed by a try whose reply was lost): the file
+            # is uploaded again from its start, within the unit's attempts.
+            return f"{code}: {message} (completing the multipart upload was refused; uploading the whole file again)", True
         return f"{code}: {message}", status >= 500 or code in _RETRIED_4XX or (code.isdigit() and int(code) >= 500)
     if isinstance(exc, cut_reply_errors()) or garbled_reply(exc):
         return f"{type(exc).__name__}: {first_line(exc)}", True

@@ -228,6 +228,29 @@ def glob_s3(pattern: str, s3: S3Config) -> list[str]:
     return [f"s3://{bucket}/{k}" for k in store.list(folder) if wanted.fullmatch(k)]
 
 
+_ETAG = re.compile(r'"[^"]+"')  # S3 quotes every ETag: a value cut short has lost its closing quote
+
+
+def _etag_missing(http_response) -> bool:
+    return http_response is not None and http_response.status_code == 200 and not _ETAG.fullmatch(
+        http_response.headers.get("ETag", ""))
+
+
+def _retry_part_without_etag(response=None, attempts=1, caught_exception=None, **kwargs):
+    """botocore's retry hook for UploadPart: a 200 without a whole ETag is sent again (0.1 s later),
+    like a part whose connection was reset, within the client's own attempts."""
+    if caught_exception is None and response is not None and _etag_missing(response[0]) and attempts < 3:
+        log.warning("storage: a part's reply came without its ETag; sending the part again (attempt %d)", attempts + 1)
+        return 0.1
+    return None
+
+
+def _refuse_part_without_etag(http_response=None, **kwargs):
+    """Still no ETag after botocore's attempts: the part failed, and with it the file (retried whole)."""
+    if _etag_missing(http_response):
+        raise Incomplete("a part's reply without its ETag header")
+
+
 _backoff = random.Random()  # jitter of its own: training seeds the global generator
 
 
@@ -249,6 +272,10 @@ class S3Store:
         self.transfers = session.client(
             "s3", endpoint_url=_endpoint(s3), region_name=s3.region, config=_botocore_config(s3, min(s3.max_attempts, 3))
         )
+        # A part whose reply lost its headers still parses as a 200: boto3 would keep a missing or cut
+        # ETag and CompleteMultipartUpload be refused (400) after every part was sent. Such a part failed.
+        self.transfers.meta.events.register("needs-retry.s3.UploadPart", _retry_part_without_etag)
+        self.transfers.meta.events.register("after-call.s3.UploadPart", _refuse_part_without_etag)
         mb = 1024 * 1024
         self.transfer = TransferConfig(
             multipart_threshold=s3.multipart_threshold_mb * mb,

@@ -11,7 +11,12 @@ data position from it. Incomplete checkpoints are never used.
 
 Uploads run on a background thread from a hard-linked snapshot of the checkpoint directory: training
 goes on meanwhile, and Trainer's local rotation cannot delete a file that is still being uploaded. Only
-a SIGTERM (and the end of the run) waits for them.
+a SIGTERM (and the end of the run) waits for them. A checkpoint whose upload fails (storage down past
+the retries) does not end the run: it is logged, training goes on, and the next save uploads a newer
+one; only the final publish may end a run with exit 6.
+
+On SIGTERM the grace period is for the checkpoint: training stops at the step boundary, saves and
+uploads, and neither evaluates (Trainer would, at the end of the cut-short epoch) nor predicts.
 
 A SIGTERM outside the training loop (loading data, uploading, scoring the champion, retrying a storage
 fault) stops the job at once: the handler raises `Stopped`, which unwinds whatever is running, and the
@@ -100,13 +105,14 @@ def complete_steps(store, run_id: str) -> tuple[list[int], list[int]]:
     return sorted(s for s, done in steps.items() if done), sorted(s for s, done in steps.items() if not done)
 
 
-def fetch_latest(store, run_id: str, dest: Path, config_sha: str) -> Path | None:
-    """Download the run's latest complete checkpoint (verified against its manifest), or None."""
+def fetch_latest(store, run_id: str, dest: Path, config_sha: str) -> tuple[Path | None, dict | None]:
+    """Download the run's latest complete checkpoint (verified against its manifest): (its local
+    directory, its manifest), or (None, None)."""
     complete, incomplete = complete_steps(store, run_id)
     if incomplete and (not complete or incomplete[-1] > complete[-1]):
         log.warning("checkpoint: ignoring incomplete checkpoint-%d (its upload never finished)", incomplete[-1])
     if not complete:
-        return None
+        return None, None
     step = complete[-1]
     manifest = storage.read_manifest(store, prefix(run_id, step))
     if manifest.get("config_sha256") != config_sha:
@@ -116,13 +122,53 @@ def fetch_latest(store, run_id: str, dest: Path, config_sha: str) -> Path | None
         )
     local = dest / f"checkpoint-{step}"
     if _verified(local, manifest):  # another worker of this node fetched it already
-        return local
+        return local, manifest
     shutil.rmtree(local, ignore_errors=True)
     store.download(prefix(run_id, step), local)
     if not _verified(local, manifest):
         raise StorageError("downloaded checkpoint does not match its manifest", where=store.url(prefix(run_id, step)))
     log.info("checkpoint: resuming from checkpoint-%d (step %d) of %s", step, manifest["step"], store.url(run_id))
-    return local
+    return local, manifest
+
+
+def batch_of(args) -> dict:
+    """The run's global batch and how this attempt makes it up, as every checkpoint manifest records it."""
+    return {
+        "global_batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
+        "world_size": args.world_size,
+        "per_device_train_batch_size": args.per_device_train_batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+    }
+
+
+def keep_global_batch(args, manifest: dict | None) -> None:
+    """The global batch is a property of the run, not of the attempt: resumed on another world size,
+    the per-device batch and gradient accumulation are derived to keep it (then every optimizer step
+    trains on the same rows in the same order as before, and the run resumes at the same sample), and
+    the log says so; where no split keeps it exactly, a config error naming the numbers. NeMo and
+    Megatron keep the global batch likewise; Trainer alone would silently change it."""
+    if not manifest or "global_batch_size" not in manifest:
+        return  # a checkpoint from before the job recorded it: nothing to compare with
+    wanted, world = manifest["global_batch_size"], args.world_size
+    if batch_of(args)["global_batch_size"] == wanted and world == manifest["world_size"]:
+        return
+    was = (f"{manifest['world_size']} x {manifest['per_device_train_batch_size']} per device x "
+           f"{manifest['gradient_accumulation_steps']} accumulation")
+    if wanted % world:
+        raise ConfigError(
+            f"checkpoint-{manifest['step']} was trained with a global batch of {wanted} ({was}); a world size of {world} "
+            f"cannot keep it ({wanted} is not a multiple of {world}): resume on a world size that divides {wanted}",
+            where="distributed.nproc_per_node",
+        )
+    per_worker = wanted // world
+    if batch_of(args)["global_batch_size"] != wanted:  # the config's own split gives another global batch
+        per_device = max(d for d in range(1, min(per_worker, args.per_device_train_batch_size) + 1) if per_worker % d == 0)
+        args.per_device_train_batch_size, args.gradient_accumulation_steps = per_device, per_worker // per_device
+    per_device = args.per_device_train_batch_size
+    if args.process_index == 0:
+        log.warning("resume: world size %d (was %d): global batch %d kept as %d x %d per device x %d accumulation (was %s); "
+                    "resuming at step %d, sample %d of the run", world, manifest["world_size"], wanted, world, per_device,
+                    per_worker // per_device, was, manifest["step"], manifest["step"] * wanted)
 
 
 def _verified(local: Path, manifest: dict) -> bool:
@@ -133,9 +179,13 @@ def _verified(local: Path, manifest: dict) -> bool:
     return True
 
 
-def publisher(store, run_id: str, settings: CheckpointConfig, stop: StopRequest, config_sha: str, work: Path):
-    """The TrainerCallback that decides when to save and ships every saved checkpoint to storage."""
+def publisher(store, run_id: str, settings: CheckpointConfig, stop: StopRequest, config_sha: str, work: Path,
+              batch: dict | None = None):
+    """The TrainerCallback that decides when to save and ships every saved checkpoint to storage.
+    `batch` (the run's global batch and how this attempt makes it up) goes into every manifest."""
     from transformers import TrainerCallback
+
+    batch = batch or {}
 
     class Publisher(TrainerCallback):
         def __init__(self):
@@ -143,6 +193,8 @@ def publisher(store, run_id: str, settings: CheckpointConfig, stop: StopRequest,
             self.uploads: list[Future] = []
             self.last_save = time.monotonic()
             self.stopped_at: int | None = None
+            self.failed = 0  # checkpoints that could not be uploaded
+            self.uploaded: int | None = None  # the step of the last checkpoint uploaded whole
 
         def on_step_end(self, args, state, control, **kwargs):
             self._raise_failed_upload()
@@ -152,6 +204,7 @@ def publisher(store, run_id: str, settings: CheckpointConfig, stop: StopRequest,
             due, stopping = _agree(args.device, due, stop.requested)
             if stopping:
                 control.should_save = control.should_training_stop = True
+                control.should_evaluate = False  # the grace period is for the checkpoint
                 self.stopped_at = state.global_step
             elif due:
                 control.should_save = True
@@ -159,6 +212,12 @@ def publisher(store, run_id: str, settings: CheckpointConfig, stop: StopRequest,
                 # Flush the running loss into the log history the checkpoint carries, so a resumed
                 # run can still report the loss of the whole run (whole_run_loss).
                 control.should_log = True
+
+        def on_epoch_end(self, args, state, control, **kwargs):
+            # Stopping ends the epoch early, and Trainer would evaluate (eval_strategy: epoch) after
+            # the checkpoint was saved and before it is uploaded: no evaluation, no second save.
+            if self.stopped_at is not None:
+                control.should_evaluate = control.should_save = False
 
         def on_save(self, args, state, control, **kwargs):
             self.last_save = time.monotonic()
@@ -172,26 +231,44 @@ def publisher(store, run_id: str, settings: CheckpointConfig, stop: StopRequest,
             # training_args.bin pickles every TrainingArguments field, hub_token included; resuming
             # does not read it, so it never leaves this machine.
             (snapshot / "training_args.bin").unlink(missing_ok=True)
-            self.uploads.append(self.pool.submit(self._upload, snapshot, state.global_step))
+            upload = self.pool.submit(self._upload, snapshot, state.global_step)
+            upload.checkpoint = source.name
+            self.uploads.append(upload)
 
         def _upload(self, snapshot: Path, step: int) -> None:
-            storage.publish(snapshot, store, prefix(run_id, step), extra={"step": step, "config_sha256": config_sha})
-            shutil.rmtree(snapshot, ignore_errors=True)
-            complete, incomplete = complete_steps(store, run_id)
-            for old in complete[: -settings.keep] + [s for s in incomplete if s < step]:
-                # The marker goes first: a half-deleted checkpoint must already look incomplete.
-                store.delete(storage.join(prefix(run_id, old), storage.SUCCESS))
-                storage.delete_tree(store, prefix(run_id, old))
+            try:
+                storage.publish(snapshot, store, prefix(run_id, step), extra={"step": step, "config_sha256": config_sha, **batch})
+            finally:
+                shutil.rmtree(snapshot, ignore_errors=True)
+            self.uploaded = step
+            try:
+                complete, incomplete = complete_steps(store, run_id)
+                for old in complete[: -settings.keep] + [s for s in incomplete if s < step]:
+                    # The marker goes first: a half-deleted checkpoint must already look incomplete.
+                    store.delete(storage.join(prefix(run_id, old), storage.SUCCESS))
+                    storage.delete_tree(store, prefix(run_id, old))
+            except StorageError as exc:
+                log.warning("checkpoint: older checkpoints could not be deleted (%s); the next save tries again", exc.format_message())
 
         def _raise_failed_upload(self) -> None:
             for upload in [u for u in self.uploads if u.done()]:
                 self.uploads.remove(upload)
-                upload.result()  # re-raises a StorageError from the upload thread
+                self._outcome(upload)
+
+        def _outcome(self, upload: Future) -> None:
+            """A checkpoint that could not be uploaded is logged, not fatal: the next save tries again
+            (a bug in the upload is still raised)."""
+            try:
+                upload.result()
+            except StorageError as exc:
+                self.failed += 1
+                log.warning("checkpoint: %s could not be uploaded (%s); training goes on, the next save tries again",
+                            upload.checkpoint, exc.format_message())
 
         def wait(self) -> None:
-            """Block until every upload has finished; raise the first failure."""
+            """Block until every upload has finished (failures are logged)."""
             for upload in self.uploads:
-                upload.result()
+                self._outcome(upload)
             self.uploads.clear()
 
     return Publisher()

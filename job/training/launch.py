@@ -12,18 +12,28 @@ in this process: no agent, no extra start-up.
 
 On SIGTERM the agent forwards the signal to the workers and gives them
 `distributed.shutdown_grace_seconds` to save and upload a checkpoint before killing them.
+
+When one worker fails, the others see their connection to it close in the next collective (gloo's
+"Connection closed by peer"). They stop with one line and an exit code of their own (EXIT_PEER_LOST);
+every failing worker notes its exit code and the time in a folder the agent gives it, and the agent
+reports the worker that failed first and exits with that worker's code (6 stays 6, 10 stays 10).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 import socket
 import sys
+import tempfile
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from job.config import JobConfig, env
-from job.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, ConfigError, first_line
+from job.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_PEER_LOST, ConfigError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +71,9 @@ def run_workers(p: Plan, argv: list[str], run_id: str, grace_seconds: int) -> in
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)
+    # The agent's own lines ("failed (exitcode: 6) local_rank: 0 ...") would repeat, less clearly, what
+    # _first_failure says in one line.
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     config = LaunchConfig(
         min_nodes=p.nnodes,
         max_nodes=p.nnodes,
@@ -78,17 +90,80 @@ def run_workers(p: Plan, argv: list[str], run_id: str, grace_seconds: int) -> in
     log.info("launch: node %d of %d, %d worker(s) here, world size %d, rendezvous %s:%d",
              p.node_rank, p.nnodes, p.nproc_per_node, p.world_size, p.master_addr, p.master_port)
     os.environ.update(worker_environment(p, run_id))
+    failures = Path(tempfile.mkdtemp(prefix="finetune-job-failures-"))
+    os.environ[FAILURES] = str(failures)
     try:
         elastic_launch(config, sys.executable)("-m", "job", *argv)
     except ChildFailedError as exc:
-        _, failure = exc.get_first_failure()
-        return failure.exitcode if failure.exitcode > 0 else EXIT_INTERRUPTED
+        return _first_failure(exc, failures)
     except SignalException:
         return EXIT_INTERRUPTED
     except Exception as exc:  # rendezvous timeout, unreachable node 0, ...
         log.error("launch failed: %s: %s", type(exc).__name__, first_line(exc))
         return EXIT_INTERNAL
+    finally:
+        shutil.rmtree(failures, ignore_errors=True)
     return 0
+
+
+FAILURES = "FINETUNE_WORKER_FAILURES"  # the folder where failing workers note how and when
+
+
+def _first_failure(exc, failures: Path) -> int:
+    """The exit code of the worker that failed first, and one line naming it. Workers that only lost
+    their connection to it do not count; neither do workers the agent stopped after it."""
+    noted = []
+    for path in failures.glob("rank-*.json"):
+        try:
+            noted.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    causes = sorted((n for n in noted if n["code"] != EXIT_PEER_LOST), key=lambda n: (n["time"], n["rank"]))
+    if causes:
+        first = causes[0]
+        code = first["code"]
+        what = f"exit {code}: {first['message']}"
+    else:  # killed (no note), or its node's own workers all lost a peer on another node
+        rank, failure = exc.get_first_failure()
+        lost = failure.exitcode == EXIT_PEER_LOST
+        code = EXIT_INTERRUPTED if failure.exitcode <= 0 or lost else failure.exitcode
+        first = {"rank": rank}
+        what = ("it lost its connection to a worker on another node" if lost
+                else f"killed by signal {-failure.exitcode}" if failure.exitcode < 0 else f"exit {failure.exitcode}")
+    others = len(exc.failures) - 1
+    log.error("launch: worker %d failed first (%s)%s; exit %d", first["rank"], what,
+              f", {others} other worker(s) stopped after it" if others > 0 else "", code, extra={"exit_code": code})
+    return code
+
+
+def worker_rank() -> int:
+    return int(env.get("RANK", "0"))
+
+
+def record_failure(code: int, message: str) -> None:
+    """In a launched worker: note this worker's exit code and the time, for its agent."""
+    folder = env.get(FAILURES)
+    if not folder or code == 0:
+        return
+    note = {"rank": worker_rank(), "code": code, "time": time.time(), "message": message.splitlines()[0][:300] if message else ""}
+    try:
+        (Path(folder) / f"rank-{note['rank']}.json").write_text(json.dumps(note))
+    except OSError:
+        pass  # the agent then falls back to torch's own record of the failure
+
+
+def peer_lost(exc: BaseException) -> bool:
+    """Did a collective fail because another worker went away (its connection closed or reset)?"""
+    if not env.inside_launched_worker():
+        return False
+    while exc is not None:
+        text = str(exc)
+        name = type(exc).__name__
+        if name == "DistBackendError" or (isinstance(exc, RuntimeError) and any(
+                sign in text for sign in ("Connection closed by peer", "Connection reset by peer", "gloo", "Gloo", "NCCL"))):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def worker_environment(p: Plan, run_id: str) -> dict[str, str]:

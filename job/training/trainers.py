@@ -20,6 +20,8 @@ on a GPU, how much of it the model used (job/training/throughput.py).
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import math
 import sys
@@ -109,13 +111,14 @@ def trainer(cfg: JobConfig, args, model, tokenizer, features: dict, collator, co
     from transformers import PrinterCallback, ProgressCallback
 
     task = tasks.get(cfg.task.name)
+    ledger = RowLedger.from_environment(args)
     trainer = _trainer_class(task)(
         model=model,
         args=args,
         train_dataset=features["train"],
         eval_dataset=features["validation"],
         processing_class=tokenizer,
-        data_collator=collator,
+        data_collator=ledger.collator(collator) if ledger else collator,
         compute_metrics=compute_metrics,
         preprocess_logits_for_metrics=getattr(task, "preprocess_logits_for_metrics", None),
     )
@@ -126,7 +129,50 @@ def trainer(cfg: JobConfig, args, model, tokenizer, features: dict, collator, co
         trainer.add_callback(_quiet_progress_callback())
     trainer.add_callback(_log_callback())
     trainer.add_callback(_sampler_epoch_callback(trainer))
+    trainer.ledger = ledger
     return trainer
+
+
+class RowLedger:
+    """With FINETUNE_ROW_LEDGER=DIR, every worker appends the ids of the training rows of each batch
+    it trains on to DIR/rank-<rank>-<pid>.jsonl, one line per batch, written when the batch is trained
+    on (not when it is read: dataloader workers read ahead): which rows a run learned from, and how
+    the tests prove that a preempted, resumed or resized run saw every row exactly once per epoch."""
+
+    KEY = "__ledger_row_ids"
+
+    def __init__(self, folder: Path, rank: int):
+        import os
+
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / f"rank-{rank}-{os.getpid()}.jsonl"
+        self.rank = rank
+
+    @classmethod
+    def from_environment(cls, args):
+        from job.config import env
+
+        folder = env.get("FINETUNE_ROW_LEDGER")
+        return cls(Path(folder), args.process_index) if folder else None
+
+    def collator(self, collate):
+        """The task's collator, with the batch's row ids carried beside it (the model never sees them)."""
+        from job.data import ROW_ID
+
+        key = self.KEY
+
+        def with_ids(rows):
+            ids = [row.pop(ROW_ID) for row in rows] if rows and ROW_ID in rows[0] else None
+            batch = collate(rows)
+            if ids is not None:
+                batch[key] = ids
+            return batch
+
+        return with_ids
+
+    def record(self, step: int, epoch: float, ids) -> None:
+        with open(self.path, "a") as out:
+            out.write(json.dumps({"rank": self.rank, "step": step, "epoch": epoch, "ids": list(ids)}) + "\n")
 
 
 def predictor(cfg: JobConfig, model, tokenizer, collator, batch_size: int, output_dir: Path):
@@ -185,13 +231,39 @@ def _trainer_class(task):
             # before asking for a sampler, which would then re-measure every row: read the column here.
             dataset, args = self.train_dataset, self.args
             if args.train_sampling_strategy == "group_by_length" and "length" in (dataset.column_names or []):
+                # Grouped by the global batch: the same row order on any world size, so a run resumed
+                # on another one (job/training/checkpoints.py: keep_global_batch) trains on the same rows per step.
                 self.length_sampler = _length_grouped_sampler(
-                    args.train_batch_size * args.gradient_accumulation_steps,
+                    args.train_batch_size * args.gradient_accumulation_steps * args.world_size,
                     lengths=dataset[args.length_column_name],
                     seed=args.data_seed if args.data_seed is not None else args.seed,
                 )
                 return self.length_sampler
             return super()._get_train_sampler(dataset)
+
+        def _get_dataloader(self, *args, **kwargs):
+            dataloader = super()._get_dataloader(*args, **kwargs)
+            loader = getattr(dataloader, "base_dataloader", dataloader)  # accelerate's wrapper iterates this one
+            if loader.num_workers > 0:
+                loader.worker_init_fn = functools.partial(_dataloader_worker_start, loader.worker_init_fn)
+            return dataloader
+
+        def _set_signature_columns_if_needed(self):
+            super()._set_signature_columns_if_needed()
+            if getattr(self, "ledger", None) is not None:
+                from job.data import ROW_ID
+
+                self._signature_columns.append(ROW_ID)  # kept for the ledger's collator, which takes it off
+
+        def training_step(self, model, inputs, *args, **kwargs):
+            ids = inputs.pop(RowLedger.KEY, None)
+            if ids is not None and getattr(self, "ledger", None) is not None:
+                self.ledger.record(self.state.global_step + 1, math.floor(self.state.epoch or 0), ids)
+            return super().training_step(model, inputs, *args, **kwargs)
+
+        def prediction_step(self, model, inputs, *args, **kwargs):
+            inputs.pop(RowLedger.KEY, None)
+            return super().prediction_step(model, inputs, *args, **kwargs)
 
         def _save(self, output_dir=None, state_dict=None):
             # training_args.bin (written here, in every checkpoint and beside the model) pickles every
@@ -223,6 +295,18 @@ def _trainer_class(task):
             return SequentialSampler(eval_dataset)
 
     return JobTrainer
+
+
+def _dataloader_worker_start(init, worker_id: int) -> None:
+    """DataLoader workers leave SIGTERM and SIGINT to the process they read for: the elastic agent
+    signals a worker's whole process group, a terminal's Ctrl-C the foreground one, and a reader killed
+    mid-batch would fail the step the job is about to checkpoint. In a process group of their own they
+    still end with the worker (torch watches the parent, and stops them when it is done)."""
+    import os
+
+    os.setpgid(0, 0)
+    if init is not None:
+        init(worker_id)
 
 
 def _length_grouped_sampler(batch_size: int, lengths: list[int], seed: int):

@@ -145,6 +145,10 @@ def test_sigterm_then_rerun_equals_an_uninterrupted_run(s3_server, bucket, s3env
     code, log = _interrupt(args, env, tmp_path, at_step=25)
     assert code == 10, log[-3000:]
     assert "SIGTERM received" in log and "run again with run id preempted to resume" in log
+    # The grace period is for the checkpoint: no evaluation (Trainer's at the end of the cut-short
+    # epoch) and no prediction after the signal.
+    after = log.split("SIGTERM received", 1)[1]
+    assert "eval_loss" not in after and "test_" not in after, after[-3000:]
     client = s3_server.client()
     keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="runs/preempted/")["Contents"]]
     assert not any(k.endswith("runs/preempted/_SUCCESS") for k in keys)  # not a finished run
@@ -244,3 +248,13 @@ def _weed_pid(server) -> int:
     pids = [int(p) for p in out.stdout.split()]
     assert pids, "cannot find the weed process"
     return pids[0]
+
+
+def test_sigterm_saves_at_once_without_evaluating(s3_server, bucket, s3env, tmp_path):
+    """The grace period is for the checkpoint: after SIGTERM the job saves, uploads and exits 10;
+    Trainer's end-of-epoch evaluation of the cut-short epoch does not run, nor does prediction."""
+    cfg = _config(tmp_path, f"s3://{bucket}/runs", "job", num_train_epochs=2)
+    code, log = _interrupt(["run", "--config", str(cfg)], {**s3env, "FINETUNE_RUN_ID": "quick"}, tmp_path, at_step=3)
+    assert code == 10, log[-3000:]
+    after = log.split("SIGTERM received", 1)[1]
+    assert "/checkpoints/checkpoint-" in after and "eval_loss" not in after and "test_" not in after, after[-3000:]

@@ -277,3 +277,37 @@ def test_soak_random_faults_at_10_to_30_percent(s3_server, data_bucket, proxy, t
     outcomes = _random_faults(s3_server, data_bucket, proxy, tmp_path, SOAK)
     print("\n" + _report(outcomes, time.monotonic() - started))
     assert all(outcomes["faults"].get(f, 0) > 0 for f in FAULTS), outcomes["faults"]
+
+
+# ---------------------------------------------------------------------------------------------- workers
+
+
+def test_when_one_worker_fails_the_job_exits_with_its_code_and_one_line(s3_server, data_bucket, proxy, tmp_path):
+    """Rank 0 cannot write the output probe (exit 6) while rank 1 waits for it in a collective, which
+    then fails with gloo's "Connection closed by peer": no traceback, the job's exit code is 6, and
+    one line names the worker that failed first."""
+    cfg = _config(tmp_path, data_bucket, "job", s3={"max_attempts": 2, "retry_seconds": 10})
+    proxy.add("PUT", ".finetune-job-probe", "slowdown", times=10**9)
+    proc = run_cli("run", "--config", cfg, "--set", "distributed.nproc_per_node=2",
+                   env=_env(s3_server, proxy, "one-fails"), cwd=tmp_path)
+    assert proc.returncode == 6, proc.stderr[-3000:]
+    assert "world size 2" in proc.stderr
+    assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr, proc.stderr[-3000:]
+    assert "launch: worker 0 failed first (exit 6: storage error: " in proc.stderr, proc.stderr[-3000:]
+    assert "worker 1: stopped, its connection to another worker closed" in proc.stderr or "interrupted" in proc.stderr
+
+
+def test_a_checkpoint_that_cannot_be_uploaded_does_not_end_the_run(s3_server, data_bucket, proxy, tmp_path):
+    """Every write of checkpoint-10 fails past its retries: the run logs it, trains on, uploads the
+    next checkpoint, and finishes (exit 0); only the final publish may end a run with exit 6."""
+    client, bucket = s3_server.client(), data_bucket
+    cfg = _config(tmp_path, bucket, "job", s3={"max_attempts": 2, "retry_seconds": 5})
+    proxy.add("PUT", "/runs/ckpt-down/checkpoints/checkpoint-10/", "slowdown", times=10**9)
+    proc = run_cli("run", "--config", cfg, "--set", "checkpoint.keep_after_success=true",
+                   env=_env(s3_server, proxy, "ckpt-down"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "checkpoint: checkpoint-10 could not be uploaded (storage error: " in proc.stderr
+    assert "training goes on, the next save tries again" in proc.stderr and "Traceback" not in proc.stderr
+    complete = [k for k in s3_keys(client, bucket, "runs/ckpt-down/checkpoints/") if k.endswith("/_SUCCESS")]
+    assert complete == ["runs/ckpt-down/checkpoints/checkpoint-20/_SUCCESS", "runs/ckpt-down/checkpoints/checkpoint-30/_SUCCESS"]
+    assert _json(client, bucket, "runs/ckpt-down/_SUCCESS")["files"]

@@ -184,3 +184,32 @@ def test_manifest_of_a_replaced_file_still_verifies(s3_server, bucket, monkeypat
     entry = storage.read_manifest(store, "r")["files"][0]
     assert entry == {"path": "metrics.json", "size": 4, "sha256": hashlib.sha256(b"new!").hexdigest()}
     assert store.get_bytes("r/metrics.json") == b"new!"
+
+
+def _multipart(through, bucket: str, tmp_path, **settings):
+    """A store that uploads a 12 MB file in three 5 MB parts, and that file."""
+    store = through(f"s3://{bucket}/runs", multipart_threshold_mb=5, multipart_chunksize_mb=5, **settings)
+    path = tmp_path / "weights.bin"
+    path.write_bytes(os.urandom(12 * 1024 * 1024))
+    return store, path
+
+
+def test_a_part_whose_reply_lost_its_etag_is_sent_again(s3_server, bucket, proxy, through, tmp_path):
+    """A part reply cut inside its ETag parses as a 200 with a garbled ETag: boto3 would record the part
+    as uploaded and CompleteMultipartUpload be refused (400). The part is a failed part: sent again."""
+    store, path = _multipart(through, bucket, tmp_path, max_attempts=1)
+    proxy.add("PUT", "partNumber=2", "cut_etag")
+    store.put_file(path, "r/model.safetensors")
+    assert proxy.counts == {"cut_etag": 1}
+    body = s3_server.client().get_object(Bucket=bucket, Key="runs/r/model.safetensors")["Body"].read()
+    assert body == path.read_bytes()
+
+
+def test_a_refused_multipart_completion_uploads_the_whole_file_again(s3_server, bucket, proxy, through, tmp_path, caplog):
+    store, path = _multipart(through, bucket, tmp_path, max_attempts=3, retry_seconds=60)
+    proxy.add("POST", "uploadId=", "invalid_part")
+    store.put_file(path, "r/model.safetensors")
+    assert proxy.counts == {"invalid_part": 1}
+    assert "completing the multipart upload was refused; uploading the whole file again" in caplog.text
+    body = s3_server.client().get_object(Bucket=bucket, Key="runs/r/model.safetensors")["Body"].read()
+    assert body == path.read_bytes()

@@ -19,11 +19,15 @@ fault is drawn (each kind with its own rate), or taken from a targeted rule firs
                     of the body, and close
     delay           wait `delay` seconds (drawn uniformly) before passing the request on
 
-and one fault only a rule serves (`add`), never a rate: it is what `cut_headers` does now and then,
-made certain:
+and faults only a rule serves (`add`), never a rate: the first two are what `cut_headers` does now
+and then, made certain:
 
     cut_date        pass the request on, then send the headers up to the middle of Last-Modified
                     ('Sat, 28 No'), and close
+    cut_etag        pass the request on, then send the headers up to the middle of the ETag's value
+                    (a multipart part then looks uploaded with a garbled ETag), and close
+    invalid_part    answer 400 InvalidPart, as S3 answers a CompleteMultipartUpload naming a part by a
+                    wrong ETag; the server never sees the request
 
 `counts` says how often each fault was served, so a test can show that its faults really happened.
 """
@@ -40,10 +44,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 FAULTS = ("slowdown", "internal", "reset_request", "reset_response", "cut_headers", "cut_body", "delay")
-TARGETED = ("cut_date",)
+TARGETED = ("cut_date", "cut_etag", "invalid_part")
 _ERRORS = {
     "slowdown": (503, "Slow Down", "SlowDown", "Please reduce your request rate."),
     "internal": (500, "Internal Server Error", "InternalError", "We encountered an internal error. Please try again."),
+    "invalid_part": (400, "Bad Request", "InvalidPart", "One or more of the specified parts could not be found."),
 }
 
 
@@ -178,6 +183,10 @@ class FaultProxy:
                     return _close(client)
                 if fault == "cut_date" and b"\r\nlast-modified: " in reply_head.lower():
                     at = reply_head.lower().index(b"\r\nlast-modified: ") + len(b"\r\nlast-modified: Sat, 28 No")
+                    client.sendall(reply_head[:at])
+                    return _close(client)
+                if fault == "cut_etag" and b"\r\netag: " in reply_head.lower():
+                    at = reply_head.lower().index(b"\r\netag: ") + len(b"\r\netag: ") + 6
                     client.sendall(reply_head[:at])
                     return _close(client)
                 if fault == "cut_body" and reply_body:
