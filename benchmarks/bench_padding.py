@@ -101,10 +101,10 @@ def run_job(config: Path, run_id: str, cwd: Path) -> tuple[float, int]:
 
 def padded_share(config: Path) -> float:
     """Share of padding in one epoch of the training batches the job would feed the model."""
-    from job import config as config_module
+    from job.cli import config_loader
     from job.training import throughput
 
-    cfg = config_module.load(str(config), use_env=False)
+    cfg = config_loader.load(str(config), use_env=False)
     with tempfile.TemporaryDirectory() as work:
         trainer = job_recipe(cfg, Path(work))[0]
         real = total = 0

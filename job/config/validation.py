@@ -133,6 +133,6 @@ def _validate_scheduling(cfg: JobConfig, where) -> None:
     for split in ("train", "validation", "test"):
         patterns = getattr(cfg.data, f"{split}_files")
         for pattern in [patterns] if isinstance(patterns, str) else patterns or []:
-            dated_paths.check(pattern, where(f"data.{split}_files"))
+            dated_paths.check_template(pattern, where(f"data.{split}_files"))
 
 

@@ -28,7 +28,8 @@ import sys
 from pathlib import Path
 
 from job import tasks
-from job.config import JobConfig
+from job.config import JobConfig, env
+from job.data.rows import ROW_ID
 from job.errors import ConfigError, first_line
 from job.training import throughput
 
@@ -150,15 +151,11 @@ class RowLedger:
 
     @classmethod
     def from_environment(cls, args):
-        from job.config import env
-
         folder = env.get("FINETUNE_ROW_LEDGER")
         return cls(Path(folder), args.process_index) if folder else None
 
     def collator(self, collate):
         """The task's collator, with the batch's row ids carried beside it (the model never sees them)."""
-        from job.data import ROW_ID
-
         key = self.KEY
 
         def with_ids(rows):
@@ -251,8 +248,6 @@ def _trainer_class(task):
         def _set_signature_columns_if_needed(self):
             super()._set_signature_columns_if_needed()
             if getattr(self, "ledger", None) is not None:
-                from job.data import ROW_ID
-
                 self._signature_columns.append(ROW_ID)  # kept for the ledger's collator, which takes it off
 
         def training_step(self, model, inputs, *args, **kwargs):
