@@ -6,33 +6,14 @@ costing a warning, never the run."""
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
-import time
 import uuid
-from pathlib import Path
 
 import pytest
 
 from conftest import base_env, free_port, run_cli, tiny_config, write_yaml
+from test_distributed import _interrupt  # start the CLI, SIGTERM it at a training step
 
 RUN_TAG = "finetune_job.run_id"
-
-
-def _interrupt(args: list[str], env: dict, cwd: Path, at_step: int) -> tuple[int, str]:
-    """Start the CLI, wait until it logs training step `at_step`, SIGTERM it; (exit code, stderr)."""
-    log = cwd / f"interrupted-{time.monotonic_ns()}.log"
-    with open(log, "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "job", *args], env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=err)
-    deadline = time.monotonic() + 300
-    while f"step {at_step}/" not in log.read_text():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"never reached step {at_step}:\n{log.read_text()[-3000:]}")
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGTERM)
-    return proc.wait(timeout=300), log.read_text()
 
 
 def _runs(client, experiment: str, run_id: str) -> list:
