@@ -179,7 +179,7 @@ def _bucket_reads_allowed(kwargs: dict):
 
 def expand(patterns: str | list[str], key: str, cfg: JobConfig) -> list[str]:
     """Resolve globs now, so a pattern that matches nothing is named in the error. Paths that name
-    the run's date (`{date-1d}`, `{date-6d..date}`) are resolved by job/dated_paths.py first."""
+    the run's date (`{date-1d}`, `{date-6d..date}`) are resolved by job/config/dated_paths.py first."""
     paths: list[str] = []
     for pattern in [patterns] if isinstance(patterns, str) else patterns:
         if dated_paths.is_template(pattern):
