@@ -16,6 +16,7 @@ import click
 
 from job import errors
 from job.cli import logs as job_log
+from job.config import env
 from job.training import launch
 
 COMMANDS = {
@@ -88,7 +89,7 @@ def main() -> None:
         _fail("interrupted", errors.EXIT_INTERRUPTED, None)
     except Exception as exc:
         if launch.peer_lost(exc):  # another worker failed first: it says why, the agent says which
-            _fail(f"worker {launch.worker_rank()}: stopped, its connection to another worker closed (that one failed first)",
+            _fail(f"worker {env.rank()}: stopped, its connection to another worker closed (that one failed first)",
                   errors.EXIT_PEER_LOST, exc)
         # a bug, not a user mistake: keep the traceback
         launch.record_failure(errors.EXIT_INTERNAL, f"internal error: {type(exc).__name__}")

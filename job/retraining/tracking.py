@@ -52,6 +52,10 @@ def tracking_uri(cfg) -> str | None:
     return cfg.tracking.uri or env.get("MLFLOW_TRACKING_URI") or None
 
 
+def experiment_name(cfg) -> str:
+    return env.get("MLFLOW_EXPERIMENT_NAME") or cfg.tracking.experiment
+
+
 def model_name(cfg) -> str:
     return cfg.tracking.model_name or f"finetune-job-{cfg.task.name}"
 
@@ -154,7 +158,7 @@ def start(cfg, run_id: str, resume_from: Path | None, is_main: bool) -> Tracker:
         return Tracker()
     try:
         client = _client(uri)
-        experiment = _experiment(client, env.get("MLFLOW_EXPERIMENT_NAME") or cfg.tracking.experiment)
+        experiment = _experiment(client, experiment_name(cfg))
         mlflow_run_id = env.get("MLFLOW_RUN_ID") or _from_checkpoint(resume_from) or _tagged(client, experiment, run_id)
         if mlflow_run_id is None:
             created = client.create_run(experiment, run_name=run_id, tags={RUN_TAG: run_id})
@@ -182,7 +186,7 @@ def complete(cfg, store, run_id: str, metrics: dict) -> None:
         return
     try:
         client = _client(uri)
-        experiment = client.get_experiment_by_name(env.get("MLFLOW_EXPERIMENT_NAME") or cfg.tracking.experiment)
+        experiment = client.get_experiment_by_name(experiment_name(cfg))
         mlflow_run_id = env.get("MLFLOW_RUN_ID") or (_tagged(client, experiment.experiment_id, run_id) if experiment else None)
         if mlflow_run_id is None or client.get_run(mlflow_run_id).info.status == "FINISHED":
             return
@@ -270,7 +274,7 @@ def sync_champion(cfg, store, rounds: int = 5) -> None:
             pointer, _ = champion.read(store)
             if pointer is None or pointer["run_id"] == aliased:
                 return
-            version = _version_of(client, name, pointer, env.get("MLFLOW_EXPERIMENT_NAME") or cfg.tracking.experiment)
+            version = _version_of(client, name, pointer, experiment_name(cfg))
             current = _alias_version(client, name)
             if current != version:
                 client.set_registered_model_alias(name, ALIAS, version)

@@ -150,7 +150,8 @@ def keep_global_batch(args, manifest: dict | None) -> None:
     if not manifest or "global_batch_size" not in manifest:
         return  # a checkpoint from before the job recorded it: nothing to compare with
     wanted, world = manifest["global_batch_size"], args.world_size
-    if batch_of(args)["global_batch_size"] == wanted and world == manifest["world_size"]:
+    configured = batch_of(args)["global_batch_size"]  # what this attempt's own settings would make
+    if configured == wanted and world == manifest["world_size"]:
         return
     was = (f"{manifest['world_size']} x {manifest['per_device_train_batch_size']} per device x "
            f"{manifest['gradient_accumulation_steps']} accumulation")
@@ -161,7 +162,7 @@ def keep_global_batch(args, manifest: dict | None) -> None:
             where="distributed.nproc_per_node",
         )
     per_worker = wanted // world
-    if batch_of(args)["global_batch_size"] != wanted:  # the config's own split gives another global batch
+    if configured != wanted:  # the config's own split gives another global batch
         per_device = max(d for d in range(1, min(per_worker, args.per_device_train_batch_size) + 1) if per_worker % d == 0)
         args.per_device_train_batch_size, args.gradient_accumulation_steps = per_device, per_worker // per_device
     per_device = args.per_device_train_batch_size
@@ -193,7 +194,6 @@ def publisher(store, run_id: str, settings: CheckpointConfig, stop: StopRequest,
             self.uploads: list[Future] = []
             self.last_save = time.monotonic()
             self.stopped_at: int | None = None
-            self.failed = 0  # checkpoints that could not be uploaded
             self.uploaded: int | None = None  # the step of the last checkpoint uploaded whole
 
         def on_step_end(self, args, state, control, **kwargs):
@@ -261,7 +261,6 @@ def publisher(store, run_id: str, settings: CheckpointConfig, stop: StopRequest,
             try:
                 upload.result()
             except StorageError as exc:
-                self.failed += 1
                 log.warning("checkpoint: %s could not be uploaded (%s); training goes on, the next save tries again",
                             upload.checkpoint, exc.format_message())
 

@@ -136,16 +136,12 @@ def _first_failure(exc, failures: Path) -> int:
     return code
 
 
-def worker_rank() -> int:
-    return int(env.get("RANK", "0"))
-
-
 def record_failure(code: int, message: str) -> None:
     """In a launched worker: note this worker's exit code and the time, for its agent."""
     folder = env.get(FAILURES)
     if not folder or code == 0:
         return
-    note = {"rank": worker_rank(), "code": code, "time": time.time(), "message": message.splitlines()[0][:300] if message else ""}
+    note = {"rank": env.rank(), "code": code, "time": time.time(), "message": message.splitlines()[0][:300] if message else ""}
     try:
         (Path(folder) / f"rank-{note['rank']}.json").write_text(json.dumps(note))
     except OSError:

@@ -24,6 +24,7 @@ import functools
 import json
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -36,7 +37,8 @@ from job.training import throughput
 log = logging.getLogger(__name__)
 
 
-# What each `model.train` mode needs where the user's `training:` section is silent (docs/transfer-learning.md). A new head or an adapter starts from scratch on a small share of the weights and wants a
+# What each `model.train` mode needs where the user's `training:` section is silent
+# (docs/transfer-learning.md). A new head or an adapter starts from scratch on a small share of the weights and wants a
 # far larger rate than full fine-tuning's 5e-5 (Trainer's default, kept for `all`). Head-only epochs
 # are cheap (the head reads cached vectors; job/training/head_only.py), so it takes many, in batches of 32
 # (8, Trainer's default, would be 4x the steps), in random order (the vectors have no length to
@@ -143,8 +145,6 @@ class RowLedger:
     KEY = "__ledger_row_ids"
 
     def __init__(self, folder: Path, rank: int):
-        import os
-
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / f"rank-{rank}-{os.getpid()}.jsonl"
         self.rank = rank
@@ -297,8 +297,6 @@ def _dataloader_worker_start(init, worker_id: int) -> None:
     signals a worker's whole process group, a terminal's Ctrl-C the foreground one, and a reader killed
     mid-batch would fail the step the job is about to checkpoint. In a process group of their own they
     still end with the worker (torch watches the parent, and stops them when it is done)."""
-    import os
-
     os.setpgid(0, 0)
     if init is not None:
         init(worker_id)
