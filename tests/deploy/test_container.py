@@ -205,7 +205,7 @@ def test_sigterm_saves_a_checkpoint_and_the_same_job_resumes(cpu_image, local_cp
     then resumes from that checkpoint and finishes."""
     job = renamed(find(local_cpu, "Job"), f"sigterm-{uuid.uuid4().hex[:6]}")
     bucket, prefix = output_location(local_cpu, job, s3_server)
-    overrides = {"AWS_ENDPOINT_URL": s3_server.endpoint, "FINETUNE_TRAINING__NUM_TRAIN_EPOCHS": "20"}
+    overrides = {"AWS_ENDPOINT_URL": s3_server.endpoint, "FINETUNE_TRAINING__NUM_TRAIN_EPOCHS": "10"}
     command = docker_run(job, job_pod(job, local_cpu, example_secrets(s3_server)), tmp_path, network="host",
                          env_overrides=overrides)
     name = f"finetune-sigterm-{uuid.uuid4().hex[:8]}"

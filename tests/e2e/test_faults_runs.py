@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DEMO, base_env, run_cli, s3_keys, tiny_config, write_yaml
+from conftest import DEMO, base_env, run_cli, run_cli_here, s3_keys, tiny_config, write_yaml
 from support.faultproxy import FAULTS, FaultProxy
 
 pytestmark = pytest.mark.slow
@@ -220,7 +220,7 @@ def _random_faults(s3_server, data_bucket, proxy, tmp_path, plan: dict) -> dict:
         attempts = []
         while True:
             started = time.monotonic()
-            proc = run_cli("run", "--config", cfg, env=_env(s3_server, proxy, run_id), cwd=tmp_path)
+            proc = run_cli_here("run", "--config", cfg, env=_env(s3_server, proxy, run_id), cwd=tmp_path)
             attempts.append((proc.returncode, round(time.monotonic() - started)))
             assert proc.returncode in (0, 6), proc.stderr[-3000:]  # never 4 (data), never 1 (a bug)
             assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
@@ -236,7 +236,7 @@ def _random_faults(s3_server, data_bucket, proxy, tmp_path, plan: dict) -> dict:
     for n in range(plan["commands"]):
         args = ("promote", rng.choice(finished)) if n % 2 == 0 else ("rollback",)
         for attempt in range(1, 6):
-            proc = run_cli(*args, "--output", f"s3://{bucket}/runs", env=_env(s3_server, proxy), cwd=tmp_path)
+            proc = run_cli_here(*args, "--output", f"s3://{bucket}/runs", env=_env(s3_server, proxy), cwd=tmp_path)
             assert "Traceback" not in proc.stderr
             # A rollback past the first champion, or to a run retention deleted (only the champion and
             # the one rollback restores are kept), is refused: an answer, not a fault.

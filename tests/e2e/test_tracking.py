@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from conftest import base_env, free_port, run_cli, tiny_config, write_yaml
+from conftest import base_env, free_port, run_cli, run_cli_here, tiny_config, write_yaml
 from test_distributed import _interrupt  # start the CLI, SIGTERM it at a training step
 
 RUN_TAG = "finetune_job.run_id"
@@ -45,7 +45,7 @@ def test_one_mlflow_run_across_sigterm_and_resume(s3_server, bucket, mlflow_serv
         Bucket=bucket, Key=f"runs/tracked/checkpoints/checkpoint-{stopped_at}/mlflow_run.json")["Body"].read())
     assert checkpoint == {"mlflow_run_id": first.info.run_id}
 
-    resumed = run_cli("run", "--config", str(path), env=env, cwd=tmp_path, check=True)
+    resumed = run_cli_here("run", "--config", str(path), env=env, cwd=tmp_path, check=True)
     assert f"continuing MLflow run {first.info.run_id}" in resumed.stderr
     (run,) = _runs(client, experiment, "tracked")  # still exactly one run
     assert run.info.run_id == first.info.run_id and run.info.status == "FINISHED"
@@ -66,7 +66,7 @@ def test_one_mlflow_run_across_sigterm_and_resume(s3_server, bucket, mlflow_serv
     # Killed after _SUCCESS, before the MLflow run was closed (left as the kill leaves it): the rerun,
     # which trains nothing, closes it.
     client.set_terminated(run.info.run_id, "KILLED")
-    rerun = run_cli("run", "--config", str(path), env=env, cwd=tmp_path, check=True)
+    rerun = run_cli_here("run", "--config", str(path), env=env, cwd=tmp_path, check=True)
     assert "already finished" in rerun.stderr and f"closing MLflow run {run.info.run_id}" in rerun.stderr
     assert client.get_run(run.info.run_id).info.status == "FINISHED"
     assert len(_runs(client, experiment, "tracked")) == 1
@@ -87,7 +87,8 @@ def test_champion_alias_follows_promotion_rollback_and_rerun(s3_server, bucket, 
         return version.version, version.tags[RUN_TAG], version.source
 
     for run_id, workers in (("first", "1"), ("second", "2")):
-        proc = run_cli("run", "--config", str(path), "--set", f"distributed.nproc_per_node={workers}",
+        launch = run_cli if workers == "2" else run_cli_here  # two workers need their own processes
+        proc = launch("run", "--config", str(path), "--set", f"distributed.nproc_per_node={workers}",
                        env={**env, "FINETUNE_RUN_ID": run_id}, cwd=tmp_path, check=True)
         assert f"world size {workers}" in proc.stderr
         version, tagged, source = champion_version()
@@ -99,7 +100,7 @@ def test_champion_alias_follows_promotion_rollback_and_rerun(s3_server, bucket, 
     assert client.get_model_version_by_alias(model, "champion").run_id == tracked_second.info.run_id
     second_version = champion_version()[0]
 
-    run_cli("rollback", "--config", str(path), env=env, cwd=tmp_path, check=True)
+    run_cli_here("rollback", "--config", str(path), env=env, cwd=tmp_path, check=True)
     version, tagged, _ = champion_version()
     assert tagged == "first" and version == "1"  # the alias moved back to the first run's version
     assert len(client.search_model_versions(f"name = '{model}'")) == 2  # no new version for a rollback
@@ -107,11 +108,11 @@ def test_champion_alias_follows_promotion_rollback_and_rerun(s3_server, bucket, 
     # An alias that lags champion.json (set by hand here, as a server outage would leave it): a rerun
     # of a finished run id repairs it.
     client.set_registered_model_alias(model, "champion", second_version)
-    rerun = run_cli("run", "--config", str(path), env={**env, "FINETUNE_RUN_ID": "second"}, cwd=tmp_path, check=True)
+    rerun = run_cli_here("run", "--config", str(path), env={**env, "FINETUNE_RUN_ID": "second"}, cwd=tmp_path, check=True)
     assert "already finished" in rerun.stderr
     assert champion_version()[1] == "first"
 
-    run_cli("promote", "second", "--config", str(path), env=env, cwd=tmp_path, check=True)
+    run_cli_here("promote", "second", "--config", str(path), env=env, cwd=tmp_path, check=True)
     assert champion_version()[:2] == (second_version, "second")
 
 
@@ -122,13 +123,13 @@ def test_a_tracking_server_that_is_down_does_not_fail_the_run(tmp_path):
     cfg["training"]["num_train_epochs"] = 1
     path = write_yaml(tmp_path / "job.yaml", cfg)
     env = base_env(FINETUNE_RUN_ID="untracked")  # the job's own retry and timeout defaults
-    proc = run_cli("run", "--config", str(path), env=env, cwd=tmp_path)
+    proc = run_cli_here("run", "--config", str(path), env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "tracking: starting the MLflow run at" in proc.stderr and "training goes on without MLflow" in proc.stderr
     assert "tracking: moving the champion alias" in proc.stderr
     assert (tmp_path / "runs" / "untracked" / "_SUCCESS").is_file()
     assert json.loads((tmp_path / "runs" / "champion.json").read_text())["run_id"] == "untracked"
-    promote = run_cli("promote", "untracked", "--config", str(path), env=env, cwd=tmp_path)
+    promote = run_cli_here("promote", "untracked", "--config", str(path), env=env, cwd=tmp_path)
     assert promote.returncode == 0 and "tracking: moving the champion alias" in promote.stderr, promote.stderr[-2000:]
 
 

@@ -314,10 +314,10 @@ def test_a_resumed_run_ends_as_an_uninterrupted_one_in_each_mode(mode, at_step, 
     path = write_yaml(tmp_path / "job.yaml", cfg)
     args = ["run", "--config", str(path)]
     env = base_env(**s3_server.env())
-    run_cli(*args, env={**env, "FINETUNE_RUN_ID": "straight"}, cwd=tmp_path, check=True)
+    run_cli_here(*args, env={**env, "FINETUNE_RUN_ID": "straight"}, cwd=tmp_path, check=True)
     code, log = _interrupt(args, {**env, "FINETUNE_RUN_ID": "preempted"}, tmp_path, at_step=at_step, sig=signal.SIGTERM)
     assert code == 10, log[-3000:]
-    proc = run_cli(*args, env={**env, "FINETUNE_RUN_ID": "preempted"}, cwd=tmp_path, check=True)
+    proc = run_cli_here(*args, env={**env, "FINETUNE_RUN_ID": "preempted"}, cwd=tmp_path, check=True)
     assert "resuming from checkpoint-" in proc.stderr
     client = s3_server.client()
     assert _outcome(client, bucket, "preempted") == _outcome(client, bucket, "straight")

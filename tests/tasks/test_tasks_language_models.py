@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from conftest import ROOT, SHARED, base_env, read_jsonl, run_cli, write_jsonl, write_yaml
+from conftest import ROOT, SHARED, base_env, read_jsonl, run_cli, run_cli_here, write_jsonl, write_yaml
 from support.tiny_models import BERT_VOCAB, bert_with_real_vocab
 
 STORIES = SHARED / "models" / "stories260K-gguf" / "stories260K.gguf"
@@ -163,7 +163,7 @@ def test_whole_word_masking_masks_every_piece_of_a_word_in_uneven_batches(tmp_pa
 @pytest.mark.skipif(not BERT_VOCAB.is_file(), reason="../shared is not present")
 def test_masked_lm_with_the_real_bert_vocabulary_with_and_without_whole_word_masking(tmp_path):
     folder = bert_with_real_vocab(tmp_path / "bert")
-    files = _multi30k_english(tmp_path, {"train": 3000, "validation": 300, "test": 100})
+    files = _multi30k_english(tmp_path, {"train": 1000, "validation": 200, "test": 50})
     losses = {}
     for whole_words in (False, True):
         cfg = {
@@ -176,7 +176,7 @@ def test_masked_lm_with_the_real_bert_vocabulary_with_and_without_whole_word_mas
         }
         run_id = f"wwm-{whole_words}".lower()
         path = write_yaml(tmp_path / f"{run_id}.yaml", cfg)
-        run_cli("run", "--config", str(path), env=base_env(FINETUNE_RUN_ID=run_id), cwd=tmp_path, check=True)
+        run_cli_here("run", "--config", str(path), env=base_env(FINETUNE_RUN_ID=run_id), cwd=tmp_path, check=True)
         losses[whole_words] = json.loads((tmp_path / "out" / run_id / "metrics.json").read_text())
     print("masked LM eval loss (perplexity): " + ", ".join(
         f"whole_word_mask={k}: {m['eval_loss']:.3f} ({m['eval_perplexity']:.1f})" for k, m in losses.items()))
