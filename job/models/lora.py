@@ -85,7 +85,13 @@ def fused_linear_class():
     and adds the update as two more passes over every layer's full output (and their backward), 13%
     of a LoRA step on a CPU (all-MiniLM-L6-v2, batch 32); with this, a LoRA step costs less than a
     full one. Anything else (dropout on the adapter's input, several or disabled adapters, a merged
-    layer, another dtype) takes peft's own forward; merging, saving and loading are peft's."""
+    layer, another dtype) takes peft's own forward; merging, saving and loading are peft's.
+
+    Evaluation and prediction (eval mode, no gradients) run the layer as a merged one would, one matrix
+    multiply with W + s * B A, the merged weight computed per call (r * in * out multiply-adds, next to
+    nothing beside the batch's): the adapters' two extra products per layer made LoRA's evaluation
+    slower than full fine-tuning's. Nothing is merged in place, so the weights training goes on with
+    (and a resumed run starts from) are untouched by an evaluation."""
     import torch
     from peft.tuners.lora.layer import Linear
 
@@ -93,12 +99,16 @@ def fused_linear_class():
         def forward(self, x, *args, **kwargs):
             adapters = self.active_adapters
             if (args or kwargs or self.disable_adapters or self.merged or len(adapters) != 1
-                    or adapters[0] not in self.lora_A or adapters[0] in self.lora_variant
-                    or not isinstance(self.lora_dropout[adapters[0]], torch.nn.Identity)):
+                    or adapters[0] not in self.lora_A or adapters[0] in self.lora_variant):
                 return super().forward(x, *args, **kwargs)
             name = adapters[0]
             down, up = self.lora_A[name], self.lora_B[name]
-            if x.dtype != down.weight.dtype or up.bias is not None:
+            if x.dtype != down.weight.dtype or up.bias is not None or down.bias is not None:
+                return super().forward(x, *args, **kwargs)
+            if not self.training and not torch.is_grad_enabled():
+                weight = torch.addmm(self.base_layer.weight, up.weight, down.weight, alpha=self.scaling[name])
+                return torch.nn.functional.linear(x, weight, self.base_layer.bias)
+            if not isinstance(self.lora_dropout[name], torch.nn.Identity):
                 return super().forward(x, *args, **kwargs)
             result = self.base_layer(x)
             update = down(x)

@@ -127,8 +127,9 @@ def _lora_parameters(model, r: int, heads: tuple[str, ...] = ("classifier",)) ->
 
 
 def test_lora_fused_layer_computes_what_peft_computes_and_merges_the_same(tmp_path):
-    """job/models/lora.py adds the adapter's update inside one addmm: outputs, gradients and the merged model
-    must be peft's own, and a layer with adapter dropout must fall back to peft's forward."""
+    """job/models/lora.py adds the adapter's update inside one addmm (and evaluates with the merged weight):
+    outputs, gradients, evaluation outputs and the merged model must be peft's own, and a layer with
+    adapter dropout must fall back to peft's forward in training."""
     import copy
 
     import torch
@@ -166,6 +167,16 @@ def test_lora_fused_layer_computes_what_peft_computes_and_merges_the_same(tmp_pa
     for name, p in fused.named_parameters():
         if p.requires_grad:
             assert torch.allclose(p.grad, grads[name], atol=1e-6), name
+    calls = []
+    query = fused.base_model.model.bert.encoder.layer[0].attention.self.query
+    query.lora_A["default"].register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad():  # evaluation: the fused layer multiplies once by the merged weight, no adapter pass
+        assert torch.allclose(plain(**batch).logits, fused(**batch).logits, atol=1e-6)
+        assert not calls
+        before = {n: p.clone() for n, p in fused.named_parameters()}
+        with plain.disable_adapter():  # the adapters do change the outputs
+            assert not torch.allclose(fused(**batch).logits, plain(**batch).logits, atol=1e-4)
+    assert all(torch.equal(p, before[n]) for n, p in fused.named_parameters())  # nothing merged in place
     assert torch.allclose(plain.merge_and_unload()(**batch).logits, fused.merge_and_unload()(**batch).logits, atol=1e-6)
     peft_dropout, fused_dropout = wrapped(False, dropout=0.5).train(), wrapped(True, dropout=0.5).train()
     fused_dropout.load_state_dict(peft_dropout.state_dict())
