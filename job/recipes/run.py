@@ -122,6 +122,7 @@ def run(cfg: JobConfig, log_format: str = "text") -> RunResult:
                  else "its checkpoint could not be uploaded, the rerun resumes from the last one that was")
         raise Interrupted(f"stopped by {stop.signal_name} at step {publisher.stopped_at}; {saved}; run again with run id {run_id} to resume")
     stop.raise_if_stopped()  # a SIGTERM after the last step (in the final evaluation) stops here, exit 10
+    publisher.wait_for_cleanup()
     resumed_step = checkpoints.step_of(resume_from)
     if resumed_step is not None:
         train_result.metrics["train_loss"] = checkpoints.whole_run_loss(

@@ -11,7 +11,9 @@ data position from it. Incomplete checkpoints are never used.
 
 Uploads run on a background thread from a hard-linked snapshot of the checkpoint directory: training
 goes on meanwhile, and Trainer's local rotation cannot delete a file that is still being uploaded. Only
-a SIGTERM (and the end of the run) waits for them. A checkpoint whose upload fails (storage down past
+a SIGTERM (and the end of the run) waits for them. Deleting the older checkpoints runs on a thread of
+its own that nothing waits for on SIGTERM: a deletion held up by storage must not spend the grace
+period (what it leaves, the next attempt's saves or the finished run delete). A checkpoint whose upload fails (storage down past
 the retries) does not end the run: it is logged, training goes on, and the next save uploads a newer
 one; only the final publish may end a run with exit 6.
 
@@ -29,9 +31,11 @@ import contextlib
 import json
 import logging
 import os
+import queue
 import re
 import shutil
 import signal
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -195,6 +199,9 @@ def publisher(store, run_id: str, settings: CheckpointConfig, stop: StopRequest,
             self.last_save = time.monotonic()
             self.stopped_at: int | None = None
             self.uploaded: int | None = None  # the step of the last checkpoint uploaded whole
+            self.cleanups: queue.Queue[int] = queue.Queue()  # steps uploaded whole: delete what is older
+            # A daemon thread, not a pool's: the interpreter does not wait for it at exit.
+            threading.Thread(target=self._clean, name="checkpoint-cleanup", daemon=True).start()
 
         def on_step_end(self, args, state, control, **kwargs):
             self._raise_failed_upload()
@@ -241,9 +248,22 @@ def publisher(store, run_id: str, settings: CheckpointConfig, stop: StopRequest,
             finally:
                 shutil.rmtree(snapshot, ignore_errors=True)
             self.uploaded = step
+            self.cleanups.put(step)
+
+        def _clean(self) -> None:
+            while True:
+                step = self.cleanups.get()
+                try:
+                    self._delete_older_than(step)
+                finally:
+                    self.cleanups.task_done()
+
+        def _delete_older_than(self, step: int) -> None:
             try:
                 complete, incomplete = complete_steps(store, run_id)
                 for old in complete[: -settings.keep] + [s for s in incomplete if s < step]:
+                    if stop.requested:
+                        return  # stopping: the grace period is not for housekeeping
                     # The marker goes first: a half-deleted checkpoint must already look incomplete.
                     store.delete(storage.join(prefix(run_id, old), storage.SUCCESS))
                     storage.delete_tree(store, prefix(run_id, old))
@@ -265,10 +285,15 @@ def publisher(store, run_id: str, settings: CheckpointConfig, stop: StopRequest,
                             upload.checkpoint, exc.format_message())
 
         def wait(self) -> None:
-            """Block until every upload has finished (failures are logged)."""
+            """Block until every upload has finished (failures are logged); not for the deletions."""
             for upload in self.uploads:
                 self._outcome(upload)
             self.uploads.clear()
+
+        def wait_for_cleanup(self) -> None:
+            """Block until the older checkpoints are deleted (at the end of a run that was not stopped:
+            `checkpoint.keep` holds for what stays; a SIGTERM meanwhile stops the job, as anywhere)."""
+            self.cleanups.join()
 
     return Publisher()
 

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -50,7 +51,7 @@ def data_bucket(s3_server, bucket) -> str:
 
 
 def _config(tmp: Path, bucket: str, name: str, **sections) -> str:
-    cfg = tiny_config(f"s3://{bucket}/runs", checkpoint={"every_steps": 10}, **sections)
+    cfg = tiny_config(f"s3://{bucket}/runs", **{"checkpoint": {"every_steps": 10}, **sections})
     cfg["data"] = {f"{split}_files": f"s3://{bucket}/data/{split}*.jsonl" for split in ("train", "validation", "test")}
     cfg["data"]["max_length"] = 32
     cfg["training"].update(QUICK)
@@ -170,6 +171,35 @@ def test_sigterm_ends_the_job_within_seconds_wherever_it_is(s3_server, data_buck
         "interrupted: SIGTERM received; nothing was published without _SUCCESS: run again with the same run id to continue")
     assert "Traceback" not in log
     assert not s3_keys(client, bucket, "runs/held/_SUCCESS")
+
+
+@pytest.mark.parametrize("when", ["while training", "after _SUCCESS"])
+def test_sigterm_while_checkpoints_are_deleted_is_exit_10_at_once(s3_server, data_bucket, proxy, tmp_path, when):
+    """Deleting checkpoints is held up by a fault retried for 10 minutes. While training (the older
+    checkpoints, after each upload) the SIGTERM checkpoint is saved and the job exits 10 without waiting
+    for the deletion; after `_SUCCESS` (the run's own checkpoints) the job exits 10 at once, and the
+    rerun, which trains nothing, deletes them."""
+    client, bucket = s3_server.client(), data_bucket
+    keep = 1 if when == "while training" else 100  # 100: nothing is deleted before _SUCCESS
+    cfg = _config(tmp_path, bucket, "job", s3={"retry_seconds": 600, "max_attempts": 1000},
+                  checkpoint={"every_steps": 5, "keep": keep})
+    proxy.add("DELETE", "/runs/held/checkpoints/", "slowdown", times=10**9)
+    ready = lambda: proxy.counts["slowdown"] > 0  # noqa: E731
+    code, took, log = _terminate_when(["run", "--config", cfg], _env(s3_server, proxy, "held"), tmp_path, ready, wait=0.5)
+    assert code == 10, log[-3000:]
+    assert took < 20, took
+    assert "Traceback" not in log
+    if when == "while training":
+        assert re.search(r"interrupted: stopped by SIGTERM at step \d+; its checkpoint is in ", log), log[-3000:]
+        assert not s3_keys(client, bucket, "runs/held/_SUCCESS")
+        return
+    assert client.head_object(Bucket=bucket, Key="runs/held/_SUCCESS")
+    assert log.strip().splitlines()[-1].endswith("interrupted: SIGTERM received; nothing was published without _SUCCESS: "
+                                                 "run again with the same run id to continue")
+    proxy.clear()
+    rerun = run_cli_here("run", "--config", cfg, env=_env(s3_server, proxy, "held"), cwd=tmp_path)
+    assert rerun.returncode == 0 and "already finished" in rerun.stderr, rerun.stderr[-3000:]
+    assert not s3_keys(client, bucket, "runs/held/checkpoints/")
 
 
 # ---------------------------------------------------------------------------------------------- data

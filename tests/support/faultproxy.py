@@ -97,6 +97,11 @@ class FaultProxy:
         with self.lock:
             self.rules.append(Rule(method, path, fault, times))
 
+    def clear(self) -> None:
+        """Drop every rule: storage is well again."""
+        with self.lock:
+            self.rules.clear()
+
     def rewrite(self, change: Callable[[str, str, bytes], bytes | None]) -> None:
         """change(method, target, body) -> a new reply body, or None to leave the reply alone."""
         self.rewrites.append(change)
