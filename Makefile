@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 PIP_FLAGS ?=
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: venv run test test-fast bench bench-gpu bench-transfer bench-seed clean
+.PHONY: venv run test test-fast bench bench-gpu bench-transfer bench-seed bench-streaming clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,12 @@ bench: $(STAMP)
 ## bench-transfer: full fine-tuning, head-only and LoRA on all-MiniLM-L6-v2 (../shared), one table
 bench-transfer: $(STAMP)
 	$(BIN)/python benchmarks/bench_transfer.py
+
+## bench-streaming: 10 million rows streamed from the S3 test server, peak RSS and data wait per DataLoader
+## setting (BENCH_STREAMING_FLAGS="--rows 1000000 --steps 40" for a quicker look)
+BENCH_STREAMING_FLAGS ?=
+bench-streaming: $(STAMP)
+	$(BIN)/python benchmarks/bench_streaming.py $(BENCH_STREAMING_FLAGS)
 
 ## bench-seed: the seed's workload (all-MiniLM-L6-v2, rotten_tomatoes, 1 epoch): the job's three modes against
 ## transformers' run_classification.py, given as HF_RUN_CLASSIFICATION=PATH (its rows skipped without it;

@@ -26,11 +26,12 @@ import logging
 import math
 import os
 import sys
+import time
 from pathlib import Path
 
 from job import tasks
 from job.config import JobConfig, env
-from job.data.rows import ROW_ID
+from job.data.rows import ROW_ID, is_iterable
 from job.errors import ConfigError, first_line
 from job.training import throughput
 
@@ -219,9 +220,22 @@ def _trainer_class(task):
             tokens, sequences = self.counted()  # every worker: the counts are summed across them
             speed = throughput.train_metrics(self.model, tokens, sequences, output.metrics["train_runtime"], self.args.world_size)
             output.metrics.update(speed)
+            # How long the training loop waited for its batches (reading, tokenizing, collating what
+            # the DataLoader did not have ready; skipping, when a resumed epoch starts late), this worker.
+            waited, runtime = getattr(self, "data_wait_seconds", 0.0), output.metrics["train_runtime"]
+            output.metrics["train_data_wait_seconds"] = round(waited, 3)
+            output.metrics["train_data_wait_fraction"] = round(waited / runtime, 4) if runtime else None
             mfu = f", MFU {speed['train_mfu']:.1%}" if speed["train_mfu"] is not None else ""
-            log.info("train: %d tokens, %.0f tokens/s%s", tokens, speed["train_tokens_per_second"], mfu)
+            log.info("train: %d tokens, %.0f tokens/s%s; %.1f s waiting for data", tokens,
+                     speed["train_tokens_per_second"], mfu, waited)
             return output
+
+        def get_batch_samples(self, *args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return super().get_batch_samples(*args, **kwargs)
+            finally:
+                self.data_wait_seconds = getattr(self, "data_wait_seconds", 0.0) + time.perf_counter() - started
 
         def _get_train_sampler(self, train_dataset=None):
             # Trainer drops columns the model does not take (the precomputed `length` among them)
@@ -282,14 +296,51 @@ def _trainer_class(task):
                 torch.manual_seed(self.args.seed)
                 return super().evaluation_loop(*args, **kwargs)
 
+        def evaluate(self, eval_dataset=None, *args, **kwargs):
+            self.eval_order = _longest_first(eval_dataset if eval_dataset is not None else self.eval_dataset)
+            return super().evaluate(eval_dataset, *args, **kwargs)
+
+        def predict(self, test_dataset, *args, **kwargs):
+            self.eval_order = _longest_first(test_dataset)
+            output = super().predict(test_dataset, *args, **kwargs)
+            if self.eval_order is None or self.args.world_size > 1:
+                return output
+            return output._replace(predictions=_in_dataset_order(output.predictions, self.eval_order),
+                                   label_ids=_in_dataset_order(output.label_ids, self.eval_order))
+
         def _get_eval_sampler(self, eval_dataset):
-            # Evaluate in dataset order: length grouping would permute the predictions. Several
-            # workers shard in order and gather_for_metrics drops the padded duplicates.
+            # One worker: rows longest first, so each batch pads to about its own rows' length (the
+            # rows come in any order of lengths, and a batch of 128 padded to its longest is mostly
+            # padding); predict() puts the predictions back in dataset order. Several workers shard
+            # in dataset order and gather_for_metrics drops the padded duplicates.
             if eval_dataset is None or self.args.world_size > 1:
                 return None
-            return SequentialSampler(eval_dataset)
+            order = getattr(self, "eval_order", None)
+            return order if order is not None and len(order) == len(eval_dataset) else SequentialSampler(eval_dataset)
 
     return JobTrainer
+
+
+def _longest_first(dataset) -> list[int] | None:
+    """Row indices, longest first (ties in dataset order), from the tasks' `length` column; None
+    without one (a stream, cached head-only vectors)."""
+    if not hasattr(dataset, "column_names") or is_iterable(dataset) or "length" not in (dataset.column_names or []):
+        return None
+    lengths = dataset["length"]
+    return sorted(range(len(lengths)), key=lambda i: -lengths[i])
+
+
+def _in_dataset_order(values, order: list[int]):
+    """Predictions made in `order` (row order[k] at position k), back in dataset order."""
+    import numpy as np
+
+    if isinstance(values, (tuple, list)):
+        return type(values)(_in_dataset_order(v, order) for v in values)
+    if values is None or not hasattr(values, "shape") or not values.shape or values.shape[0] != len(order):
+        return values
+    restored = np.empty_like(values)
+    restored[np.asarray(order)] = values
+    return restored
 
 
 def _dataloader_worker_start(init, worker_id: int) -> None:
