@@ -251,6 +251,13 @@ def _refuse_part_without_etag(http_response=None, **kwargs):
         raise Incomplete("a part's reply without its ETag header")
 
 
+def _refuse_upload_without_id(parsed=None, **kwargs):
+    """A CreateMultipartUpload reply whose body was cut parses without its UploadId: s3transfer would
+    fail with a KeyError (a traceback). It is a cut reply: the file is retried whole."""
+    if parsed is not None and "UploadId" not in parsed:
+        raise Incomplete("a CreateMultipartUpload reply without its UploadId")
+
+
 _backoff = random.Random()  # jitter of its own: training seeds the global generator
 
 
@@ -276,6 +283,7 @@ class S3Store:
         # ETag and CompleteMultipartUpload be refused (400) after every part was sent. Such a part failed.
         self.transfers.meta.events.register("needs-retry.s3.UploadPart", _retry_part_without_etag)
         self.transfers.meta.events.register("after-call.s3.UploadPart", _refuse_part_without_etag)
+        self.transfers.meta.events.register("after-call.s3.CreateMultipartUpload", _refuse_upload_without_id)
         mb = 1024 * 1024
         self.transfer = TransferConfig(
             multipart_threshold=s3.multipart_threshold_mb * mb,

@@ -47,6 +47,7 @@ from job.errors import ConfigError, StorageError
 log = logging.getLogger(__name__)
 
 FOLDER = "checkpoints"
+DOWNLOAD_ATTEMPTS = 3  # a checkpoint that does not match its manifest is downloaded again
 _STEP = re.compile(r"/checkpoint-(\d+)/")
 
 
@@ -127,10 +128,19 @@ def fetch_latest(store, run_id: str, dest: Path, config_sha: str) -> tuple[Path 
     local = dest / f"checkpoint-{step}"
     if _verified(local, manifest):  # another worker of this node fetched it already
         return local, manifest
-    shutil.rmtree(local, ignore_errors=True)
-    store.download(prefix(run_id, step), local)
-    if not _verified(local, manifest):
-        raise StorageError("downloaded checkpoint does not match its manifest", where=store.url(prefix(run_id, step)))
+    for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+        shutil.rmtree(local, ignore_errors=True)
+        store.download(prefix(run_id, step), local)
+        wrong = _mismatched(local, manifest)
+        if not wrong:
+            break
+        # A reply cut short can still end as a file (a ranged part that lost its tail): the manifest
+        # is what tells, and the checkpoint is downloaded again.
+        if attempt == DOWNLOAD_ATTEMPTS:
+            raise StorageError(f"downloaded checkpoint does not match its manifest {DOWNLOAD_ATTEMPTS} times "
+                               f"({', '.join(wrong[:3])})", where=store.url(prefix(run_id, step)))
+        log.warning("checkpoint: checkpoint-%d downloaded with %s not matching its manifest; downloading it again (attempt %d)",
+                    step, ", ".join(wrong[:3]), attempt + 1)
     log.info("checkpoint: resuming from checkpoint-%d (step %d) of %s", step, manifest["step"], store.url(run_id))
     return local, manifest
 
@@ -177,11 +187,17 @@ def keep_global_batch(args, manifest: dict | None) -> None:
 
 
 def _verified(local: Path, manifest: dict) -> bool:
+    return not _mismatched(local, manifest)
+
+
+def _mismatched(local: Path, manifest: dict) -> list[str]:
+    """The manifest's files that are missing under `local` or differ in size or sha256."""
+    wrong = []
     for entry in manifest["files"]:
         path = local / entry["path"]
         if not path.is_file() or path.stat().st_size != entry["size"] or storage.sha256_file(path) != entry["sha256"]:
-            return False
-    return True
+            wrong.append(entry["path"])
+    return wrong
 
 
 def publisher(store, run_id: str, settings: CheckpointConfig, stop: StopRequest, config_sha: str, work: Path,

@@ -213,3 +213,41 @@ def test_a_refused_multipart_completion_uploads_the_whole_file_again(s3_server, 
     assert "completing the multipart upload was refused; uploading the whole file again" in caplog.text
     body = s3_server.client().get_object(Bucket=bucket, Key="runs/r/model.safetensors")["Body"].read()
     assert body == path.read_bytes()
+
+
+@pytest.mark.parametrize("fault", ["cut_headers", "cut_body"])
+def test_a_cut_reply_to_starting_a_multipart_upload_is_retried(s3_server, bucket, proxy, through, tmp_path, fault):
+    """CreateMultipartUpload's reply cut short parses without its UploadId (s3transfer: KeyError, a
+    traceback, in a chaos run): a cut reply like any other, the file is uploaded again."""
+    store, path = _multipart(through, bucket, tmp_path, max_attempts=3, retry_seconds=60)
+    proxy.add("POST", "?uploads", fault)
+    store.put_file(path, "r/model.safetensors")
+    assert proxy.counts == {fault: 1}
+    body = s3_server.client().get_object(Bucket=bucket, Key="runs/r/model.safetensors")["Body"].read()
+    assert body == path.read_bytes()
+
+
+def test_a_checkpoint_download_that_does_not_match_its_manifest_is_downloaded_again(s3_server, bucket, through, tmp_path, caplog):
+    """A file that arrives whole in the transfer's eyes but not the manifest's (here: changed in the
+    bucket, then put back) is downloaded again, not taken for the checkpoint and not exit 6."""
+    from job.training import checkpoints
+
+    store = through(f"s3://{bucket}/runs", max_attempts=3)
+    saved = tmp_path / "checkpoint-4"
+    saved.mkdir()
+    (saved / "model.safetensors").write_bytes(os.urandom(50_000))
+    storage.publish(saved, store, checkpoints.prefix("run", 4), extra={"step": 4, "config_sha256": "c"})
+    key = f"runs/{checkpoints.prefix('run', 4)}/model.safetensors"
+    good = (saved / "model.safetensors").read_bytes()
+    direct, downloads = s3_server.client(), []
+    original = store.download
+
+    def download_once_wrong(prefix, dest):  # the first download finds a cut file, the next the real one
+        downloads.append(prefix)
+        direct.put_object(Bucket=bucket, Key=key, Body=good[:-100] if len(downloads) == 1 else good)
+        original(prefix, dest)
+
+    store.download = download_once_wrong
+    local, manifest = checkpoints.fetch_latest(store, "run", tmp_path / "resume", "c")
+    assert len(downloads) == 2 and (local / "model.safetensors").read_bytes() == good
+    assert "checkpoint-4 downloaded with model.safetensors not matching its manifest; downloading it again" in caplog.text
