@@ -251,11 +251,23 @@ def _refuse_part_without_etag(http_response=None, **kwargs):
         raise Incomplete("a part's reply without its ETag header")
 
 
-def _refuse_upload_without_id(parsed=None, **kwargs):
-    """A CreateMultipartUpload reply whose body was cut parses without its UploadId: s3transfer would
-    fail with a KeyError (a traceback). It is a cut reply: the file is retried whole."""
-    if parsed is not None and "UploadId" not in parsed:
-        raise Incomplete("a CreateMultipartUpload reply without its UploadId")
+# What a transfer's replies must hold: one whose headers or body were cut parses as a 200 without them,
+# and s3transfer fails with a KeyError (a traceback; seen under make chaos) or, for a GET without its
+# Content-Length, reads a short body as the whole. A reply without them is a cut reply: the file is
+# transferred again.
+_RANGE = re.compile(r"bytes \d+-\d+/\d+")
+_REQUIRED = {"CreateMultipartUpload": "UploadId", "HeadObject": "ContentLength", "GetObject": "ContentLength"}
+
+
+def _refuse_cut_reply(http_response=None, parsed=None, model=None, **kwargs):
+    name = getattr(model, "name", "")
+    needed = _REQUIRED.get(name)
+    if parsed is not None and needed and needed not in parsed and "Error" not in parsed:
+        raise Incomplete(f"a {name} reply without its {needed}")
+    if name == "HeadObject" and _etag_missing(http_response):  # every ranged GET would then be refused (412)
+        raise Incomplete("a HeadObject reply without its whole ETag")
+    if name == "GetObject" and parsed and parsed.get("ContentRange") and not _RANGE.fullmatch(parsed["ContentRange"]):
+        raise Incomplete("a ranged GetObject reply with its Content-Range cut short")  # s3transfer: ValueError
 
 
 _backoff = random.Random()  # jitter of its own: training seeds the global generator
@@ -283,7 +295,8 @@ class S3Store:
         # ETag and CompleteMultipartUpload be refused (400) after every part was sent. Such a part failed.
         self.transfers.meta.events.register("needs-retry.s3.UploadPart", _retry_part_without_etag)
         self.transfers.meta.events.register("after-call.s3.UploadPart", _refuse_part_without_etag)
-        self.transfers.meta.events.register("after-call.s3.CreateMultipartUpload", _refuse_upload_without_id)
+        for operation in _REQUIRED:
+            self.transfers.meta.events.register(f"after-call.s3.{operation}", _refuse_cut_reply)
         mb = 1024 * 1024
         self.transfer = TransferConfig(
             multipart_threshold=s3.multipart_threshold_mb * mb,

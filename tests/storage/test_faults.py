@@ -251,3 +251,18 @@ def test_a_checkpoint_download_that_does_not_match_its_manifest_is_downloaded_ag
     local, manifest = checkpoints.fetch_latest(store, "run", tmp_path / "resume", "c")
     assert len(downloads) == 2 and (local / "model.safetensors").read_bytes() == good
     assert "checkpoint-4 downloaded with model.safetensors not matching its manifest; downloading it again" in caplog.text
+
+
+@pytest.mark.parametrize("method, fault, times", [("HEAD", "cut_headers", 1), ("HEAD", "cut_etag", 1),
+                                                  ("GET", "cut_headers", 6), ("GET", "cut_body", 3)])
+def test_a_download_survives_cut_replies_to_its_head_and_ranged_gets(s3_server, bucket, proxy, through, tmp_path,
+                                                                      method, fault, times):
+    """A multipart download asks HeadObject for the size and ETag, then GETs ranges. Cut replies parse
+    without a ContentLength (s3transfer: KeyError), with a garbled ETag (every range refused, 412) or a
+    cut Content-Range (ValueError): each is a cut reply, and the file is downloaded again."""
+    store, path = _multipart(through, bucket, tmp_path, max_attempts=10, retry_seconds=60)
+    store.put_file(path, "r/model.safetensors")
+    proxy.add(method, "/runs/r/", fault, times=times)
+    store.download("r", tmp_path / "down")
+    assert proxy.counts[fault] == times
+    assert (tmp_path / "down" / "model.safetensors").read_bytes() == path.read_bytes()
