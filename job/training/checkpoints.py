@@ -13,9 +13,9 @@ Uploads run on a background thread from a hard-linked snapshot of the checkpoint
 goes on meanwhile, and Trainer's local rotation cannot delete a file that is still being uploaded. Only
 a SIGTERM (and the end of the run) waits for them. Deleting the older checkpoints runs on a thread of
 its own that nothing waits for on SIGTERM: a deletion held up by storage must not spend the grace
-period (what it leaves, the next attempt's saves or the finished run delete). A checkpoint whose upload fails (storage down past
-the retries) does not end the run: it is logged, training goes on, and the next save uploads a newer
-one; only the final publish may end a run with exit 6.
+period (what it leaves, the next attempt's saves or the finished run delete). A checkpoint whose
+upload fails (storage down past the retries) does not end the run: it is logged, training goes on,
+and the next save uploads a newer one; only the final publish may end a run with exit 6.
 
 On SIGTERM the grace period is for the checkpoint: training stops at the step boundary, saves and
 uploads, and neither evaluates (Trainer would, at the end of the cut-short epoch) nor predicts.
@@ -139,8 +139,8 @@ def fetch_latest(store, run_id: str, dest: Path, config_sha: str) -> tuple[Path 
         if attempt == DOWNLOAD_ATTEMPTS:
             raise StorageError(f"downloaded checkpoint does not match its manifest {DOWNLOAD_ATTEMPTS} times "
                                f"({', '.join(wrong[:3])})", where=store.url(prefix(run_id, step)))
-        log.warning("checkpoint: checkpoint-%d downloaded with %s not matching its manifest; downloading it again (attempt %d)",
-                    step, ", ".join(wrong[:3]), attempt + 1)
+        log.warning("checkpoint: checkpoint-%d downloaded with %s not matching its manifest; "
+                    "downloading it again (attempt %d)", step, ", ".join(wrong[:3]), attempt + 1)
     log.info("checkpoint: resuming from checkpoint-%d (step %d) of %s", step, manifest["step"], store.url(run_id))
     return local, manifest
 
