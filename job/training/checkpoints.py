@@ -126,7 +126,7 @@ def fetch_latest(store, run_id: str, dest: Path, config_sha: str) -> tuple[Path 
             where="run_id",
         )
     local = dest / f"checkpoint-{step}"
-    if _verified(local, manifest):  # another worker of this node fetched it already
+    if not _mismatched(local, manifest):  # another worker of this node fetched it already
         return local, manifest
     for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
         shutil.rmtree(local, ignore_errors=True)
@@ -134,8 +134,8 @@ def fetch_latest(store, run_id: str, dest: Path, config_sha: str) -> tuple[Path 
         wrong = _mismatched(local, manifest)
         if not wrong:
             break
-        # A reply cut short can still end as a file (a ranged part that lost its tail): the manifest
-        # is what tells, and the checkpoint is downloaded again.
+        # Seen under make chaos: a download that raised nothing did not match the manifest (which cut
+        # reply got through was not found). The manifest is what tells: download the checkpoint again.
         if attempt == DOWNLOAD_ATTEMPTS:
             raise StorageError(f"downloaded checkpoint does not match its manifest {DOWNLOAD_ATTEMPTS} times "
                                f"({', '.join(wrong[:3])})", where=store.url(prefix(run_id, step)))
@@ -184,10 +184,6 @@ def keep_global_batch(args, manifest: dict | None) -> None:
         log.warning("resume: world size %d (was %d): global batch %d kept as %d x %d per device x %d accumulation (was %s); "
                     "resuming at step %d, sample %d of the run", world, manifest["world_size"], wanted, world, per_device,
                     per_worker // per_device, was, manifest["step"], manifest["step"] * wanted)
-
-
-def _verified(local: Path, manifest: dict) -> bool:
-    return not _mismatched(local, manifest)
 
 
 def _mismatched(local: Path, manifest: dict) -> list[str]:

@@ -222,9 +222,8 @@ def _trainer_class(task):
             output.metrics.update(speed)
             # How long the training loop waited for its batches (reading, tokenizing, collating what
             # the DataLoader did not have ready; skipping, when a resumed epoch starts late), this worker.
-            waited, runtime = getattr(self, "data_wait_seconds", 0.0), output.metrics["train_runtime"]
-            output.metrics["train_data_wait_seconds"] = round(waited, 3)
-            output.metrics["train_data_wait_fraction"] = round(waited / runtime, 4) if runtime else None
+            waited = getattr(self, "data_wait_seconds", 0.0)
+            output.metrics["train_data_wait_seconds"] = round(waited, 3)  # its share: over train_runtime
             mfu = f", MFU {speed['train_mfu']:.1%}" if speed["train_mfu"] is not None else ""
             log.info("train: %d tokens, %.0f tokens/s%s; %.1f s waiting for data", tokens,
                      speed["train_tokens_per_second"], mfu, waited)

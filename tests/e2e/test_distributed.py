@@ -20,7 +20,7 @@ from conftest import base_env, run_cli, tiny_config, write_yaml
 pytestmark = pytest.mark.slow
 
 # Metrics of this attempt only (timings, features_seconds, what it trained after its checkpoint): not compared.
-VOLATILE = ("_runtime", "_per_second", "_seconds", "_wait_fraction", "resumed_from_step", "total_flos", "train_tokens")
+VOLATILE = ("_runtime", "_per_second", "_seconds", "resumed_from_step", "total_flos", "train_tokens")
 
 
 def _free_port() -> int:

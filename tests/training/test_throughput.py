@@ -72,6 +72,8 @@ def test_train_tokens_are_the_non_padding_tokens_of_every_epoch(tmp_path, task):
     assert metrics["train_tokens"] == 2 * sum(train["length"]) > 0
     assert metrics["train_tokens_per_second"] == pytest.approx(metrics["train_tokens"] / metrics["train_runtime"], rel=1e-3)
     assert metrics["train_mfu"] is None  # no GPU here
+    # The loop waited for every batch it collated (in this process: no DataLoader workers), never longer than it trained.
+    assert 0 < metrics["train_data_wait_seconds"] < metrics["train_runtime"]
 
 
 def test_attention_kernel_setting(tmp_path):
