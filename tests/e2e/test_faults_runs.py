@@ -31,8 +31,6 @@ from support.faultproxy import FAULTS, FaultProxy
 
 pytestmark = pytest.mark.slow
 
-QUICK = {"num_train_epochs": 2, "logging_steps": 5}  # 30 steps of the demo data
-
 
 @pytest.fixture
 def proxy(s3_server):
@@ -50,11 +48,12 @@ def data_bucket(s3_server, bucket) -> str:
     return bucket
 
 
-def _config(tmp: Path, bucket: str, name: str, **sections) -> str:
+def _config(tmp: Path, bucket: str, name: str, epochs: int = 2, **sections) -> str:
+    """A tiny run on the demo data in `bucket`; 2 epochs are 30 steps."""
     cfg = tiny_config(f"s3://{bucket}/runs", **{"checkpoint": {"every_steps": 10}, **sections})
     cfg["data"] = {f"{split}_files": f"s3://{bucket}/data/{split}*.jsonl" for split in ("train", "validation", "test")}
     cfg["data"]["max_length"] = 32
-    cfg["training"].update(QUICK)
+    cfg["training"].update(num_train_epochs=epochs, logging_steps=5)
     return str(write_yaml(tmp / f"{name}.yaml", cfg))
 
 
@@ -182,7 +181,8 @@ def test_sigterm_while_checkpoints_are_deleted_is_exit_10_at_once(s3_server, dat
     client, bucket = s3_server.client(), data_bucket
     keep = 1 if when == "while training" else 100  # 100: nothing is deleted before _SUCCESS
     cfg = _config(tmp_path, bucket, "job", s3={"retry_seconds": 600, "max_attempts": 1000},
-                  checkpoint={"every_steps": 5, "keep": keep})
+                  checkpoint={"every_steps": 5, "keep": keep}, epochs=20 if when == "while training" else 2)
+    # 300 steps while training, not 30: the SIGTERM must land before the last one (30 took 1.3 s)
     proxy.add("DELETE", "/runs/held/checkpoints/", "slowdown", times=10**9)
     ready = lambda: proxy.counts["slowdown"] > 0  # noqa: E731
     code, took, log = _terminate_when(["run", "--config", cfg], _env(s3_server, proxy, "held"), tmp_path, ready, wait=0.5)
