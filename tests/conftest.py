@@ -424,6 +424,14 @@ def tiny_config(output_uri: str, **sections) -> dict:
     return cfg
 
 
+def comparable_metrics(metrics: dict) -> dict:
+    """What two runs of the same training must agree on: metrics.json without this attempt's timings,
+    what it trained after its checkpoint, and the promotion decision (the first run to finish becomes
+    the champion the second is compared with)."""
+    volatile = ("_runtime", "_per_second", "_seconds", "resumed_from_step", "total_flos", "train_tokens")
+    return {k: v for k, v in metrics.items() if not k.endswith(volatile) and k not in volatile and not k.startswith("promotion")}
+
+
 def rotten_tomatoes_splits() -> dict[str, list[dict]]:
     """HF `rotten_tomatoes` rebuilt from ../shared with the loader's exact rule (see PROVENANCE.md)."""
     folder = SHARED / "data" / "rt-polaritydata"

@@ -5,8 +5,10 @@ only where a batch job needs it:
 
 - `train_sampling_strategy: group_by_length` reads the `length` column that preprocessing computed
   (batches of similar length waste little padding); streamed data keeps its own order;
-- `average_tokens_across_devices: false`: with it on, DDP runs of classifiers reported a loss (and
-  gradients) scaled by the world size;
+- Hugging Face's `average_tokens_across_devices: true` is kept: a loss that is a sum over tokens is
+  divided by the global batch's count, on any world size; a model whose loss is its own mean
+  (classifier heads, T5) is found at the first step and divided by the accumulation steps instead
+  (`_ignores_item_count`; Trainer alone doubled it with 2 micro-batches, or 2 workers);
 - `ddp_find_unused_parameters: false`: every parameter takes part in every step, so the search for
   unused ones is pure overhead;
 - `report_to: none`; checkpoints when the `checkpoint:` section says (job/training/checkpoints.py uploads
@@ -70,7 +72,6 @@ def arguments(cfg: JobConfig, output_dir: Path, *, progress_bars: bool):
         "logging_first_step": True,
         "train_sampling_strategy": "random" if cfg.data.streaming else "group_by_length",
         "length_column_name": "length",
-        "average_tokens_across_devices": False,
         "ddp_find_unused_parameters": False,
         "dataloader_pin_memory": gpu,
         "use_cpu": not gpu,  # without it, several CPU workers each train alone (no gloo process group)
@@ -232,9 +233,14 @@ def _trainer_class(task):
         def get_batch_samples(self, *args, **kwargs):
             started = time.perf_counter()
             try:
-                return super().get_batch_samples(*args, **kwargs)
+                batches, items = super().get_batch_samples(*args, **kwargs)
             finally:
                 self.data_wait_seconds = getattr(self, "data_wait_seconds", 0.0) + time.perf_counter() - started
+            if items is not None and batches and self.model_accepts_loss_kwargs and _ignores_item_count(self, batches[0]):
+                # Trainer then neither divides the loss by the accumulation steps nor passes the count
+                # again: every worker decides alike (the same model), so the gather above stops on all.
+                self.model_accepts_loss_kwargs, items = False, None
+            return batches, items
 
         def _get_train_sampler(self, train_dataset=None):
             # Trainer drops columns the model does not take (the precomputed `length` among them)
@@ -267,6 +273,7 @@ def _trainer_class(task):
             ids = inputs.pop(RowLedger.KEY, None)
             if ids is not None and getattr(self, "ledger", None) is not None:
                 self.ledger.record(self.state.global_step + 1, math.floor(self.state.epoch or 0), ids)
+            _seed_micro_batch(self)
             return super().training_step(model, inputs, *args, **kwargs)
 
         def prediction_step(self, model, inputs, *args, **kwargs):
@@ -340,6 +347,41 @@ def _in_dataset_order(values, order: list[int]):
     restored = np.empty_like(values)
     restored[np.asarray(order)] = values
     return restored
+
+
+def _ignores_item_count(trainer, batch: dict) -> bool:
+    """Whether the model's loss ignores the `num_items_in_batch` Trainer passes to any model whose forward
+    takes **kwargs. Causal LMs divide their summed loss by it; classifier heads, BERT's masked LM, T5
+    and BART return their own mean, and Trainer, taking the count as used, then skipped dividing by the
+    accumulation steps: 2 micro-batches doubled the gradient and the logged loss (transformers 5.24),
+    so a run resumed on half the workers trained on another loss than before. Asked of the model
+    itself, once: its loss for the first batch counted as 1 item and as 2, without dropout."""
+    import torch
+
+    inputs = trainer._prepare_inputs({key: value for key, value in batch.items() if key != RowLedger.KEY})
+    model, was_training = trainer.model, trainer.model.training
+    model.eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
+            one, two = (trainer.compute_loss(model, dict(inputs), num_items_in_batch=n).float() for n in (1, 2))
+    finally:
+        model.train(was_training)
+    return bool(torch.isclose(one, two, rtol=1e-4)) and not bool(torch.isclose(one, 2 * two, rtol=1e-4))
+
+
+def _seed_micro_batch(trainer) -> None:
+    """Seed the RNG (dropout's) from the micro-batch's place in the global batch: on 2 workers, worker r
+    trains on the global batch's r-th micro-batch; on 1 worker accumulating 2, its r-th micro-batch is
+    the same rows. Each then draws the same dropout masks, and a run resumed on another world size
+    (job/training/checkpoints.py: keep_global_batch) goes on as it would have, up to rounding."""
+    import torch
+
+    step, args = trainer.state.global_step, trainer.args
+    seen = getattr(trainer, "micro_batch_of_step", (None, -1))
+    micro = seen[1] + 1 if seen[0] == step else 0
+    trainer.micro_batch_of_step = (step, micro)
+    place = micro * args.world_size + args.process_index
+    torch.manual_seed((args.seed * 1_000_003 + step * 1_009 + place) % 2**63)
 
 
 def _dataloader_worker_start(init, worker_id: int) -> None:

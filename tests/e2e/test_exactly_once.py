@@ -18,7 +18,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import base_env, run_cli, tiny_config, write_yaml
+from conftest import base_env, comparable_metrics, run_cli, tiny_config, write_yaml
 from job.training import checkpoints
 from job.errors import ConfigError
 
@@ -122,9 +122,13 @@ def test_world_size_2_then_1_then_2_keeps_the_global_batch_and_every_row_once(s3
     client = s3_server.client()
     metrics = {run: json.loads(client.get_object(Bucket=bucket, Key=f"runs/{run}/metrics.json")["Body"].read())
                for run in ("straight", "elastic")}
-    assert metrics["elastic"]["epoch"] == metrics["straight"]["epoch"] == 2.0
-    # Dropout draws differ on another world size (each worker has its own RNG stream): close, not equal.
-    assert abs(metrics["elastic"]["test_accuracy"] - metrics["straight"]["test_accuracy"]) <= 0.1 + 1e-9
+    undisturbed, resized = (comparable_metrics(metrics[run]) for run in ("straight", "elastic"))
+    assert resized["epoch"] == undisturbed["epoch"] == 2.0
+    # The same rows, dropout masks and loss scale per step on either world size: the same run, up to
+    # the order of float additions (Trainer alone doubled the loss of the steps on one worker).
+    assert resized.keys() == undisturbed.keys()
+    for key, value in undisturbed.items():
+        assert resized[key] == (pytest.approx(value, rel=1e-5) if isinstance(value, float) else value), key
 
 
 def _args(world: int, per_device: int, accumulation: int) -> SimpleNamespace:
