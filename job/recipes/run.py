@@ -90,7 +90,7 @@ def run(cfg: JobConfig, log_format: str = "text") -> RunResult:
         # 3. Features: tokenized once; padding happens per batch in the collator.
         features, collator = training.prepare(cfg, task, spec, tokenizer, raw)
         resume_from, resumed = checkpoints.fetch_latest(store, run_id, work / "resume", config_sha)
-    checkpoints.keep_global_batch(args, resumed)  # another world size: same global batch, or exit 3
+    checkpoints.keep_global_batch(args, resumed, cfg.data.streaming)  # another world size: same global batch, or exit 3
     trained = models.parameter_counts(model, cfg)
     tokenized, cached = features, None
     if cfg.model.train == "head":

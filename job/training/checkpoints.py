@@ -126,23 +126,27 @@ def fetch_latest(store, run_id: str, dest: Path, config_sha: str) -> tuple[Path 
             where="run_id",
         )
     local = dest / f"checkpoint-{step}"
-    if not _mismatched(local, manifest):  # another worker of this node fetched it already
-        return local, manifest
+    if _mismatched(local, manifest):  # else another worker of this node (or an earlier attempt) fetched it
+        _download(store, prefix(run_id, step), local, manifest)
+    log.info("checkpoint: resuming from checkpoint-%d (step %d) of %s", step, manifest["step"], store.url(run_id))
+    return local, manifest
+
+
+def _download(store, key: str, local: Path, manifest: dict) -> None:
+    """Download the checkpoint at `key` into `local`, again while it does not match its manifest."""
     for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
         shutil.rmtree(local, ignore_errors=True)
-        store.download(prefix(run_id, step), local)
+        store.download(key, local)
         wrong = _mismatched(local, manifest)
         if not wrong:
-            break
+            return
         # Seen under make chaos: a download that raised nothing did not match the manifest (which cut
         # reply got through was not found). The manifest is what tells: download the checkpoint again.
         if attempt == DOWNLOAD_ATTEMPTS:
             raise StorageError(f"downloaded checkpoint does not match its manifest {DOWNLOAD_ATTEMPTS} times "
-                               f"({', '.join(wrong[:3])})", where=store.url(prefix(run_id, step)))
-        log.warning("checkpoint: checkpoint-%d downloaded with %s not matching its manifest; "
-                    "downloading it again (attempt %d)", step, ", ".join(wrong[:3]), attempt + 1)
-    log.info("checkpoint: resuming from checkpoint-%d (step %d) of %s", step, manifest["step"], store.url(run_id))
-    return local, manifest
+                               f"({', '.join(wrong[:3])})", where=store.url(key))
+        log.warning("checkpoint: %s downloaded with %s not matching its manifest; downloading it again (attempt %d)",
+                    local.name, ", ".join(wrong[:3]), attempt + 1)
 
 
 def batch_of(args) -> dict:
@@ -152,10 +156,11 @@ def batch_of(args) -> dict:
         "world_size": args.world_size,
         "per_device_train_batch_size": args.per_device_train_batch_size,
         "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "dataloader_num_workers": getattr(args, "dataloader_num_workers", 0),
     }
 
 
-def keep_global_batch(args, manifest: dict | None) -> None:
+def keep_global_batch(args, manifest: dict | None, streamed: bool = False) -> None:
     """The global batch is a property of the run, not of the attempt: resumed on another world size,
     the per-device batch and gradient accumulation are derived to keep it (then every optimizer step
     trains on the same rows in the same order as before, and the run resumes at the same sample), and
@@ -163,6 +168,8 @@ def keep_global_batch(args, manifest: dict | None) -> None:
     Megatron keep the global batch likewise; Trainer alone would silently change it."""
     if not manifest or "global_batch_size" not in manifest:
         return  # a checkpoint from before the job recorded it: nothing to compare with
+    if streamed:
+        _same_stream_readers(args, manifest)
     wanted, world = manifest["global_batch_size"], args.world_size
     configured = batch_of(args)["global_batch_size"]  # what this attempt's own settings would make
     if configured == wanted and world == manifest["world_size"]:
@@ -184,6 +191,21 @@ def keep_global_batch(args, manifest: dict | None) -> None:
         log.warning("resume: world size %d (was %d): global batch %d kept as %d x %d per device x %d accumulation (was %s); "
                     "resuming at step %d, sample %d of the run", world, manifest["world_size"], wanted, world, per_device,
                     per_worker // per_device, was, manifest["step"], manifest["step"] * wanted)
+
+
+def _same_stream_readers(args, manifest: dict) -> None:
+    """A stream is resumed by skipping the batches each worker read, and which rows those are depends on
+    the world size (accelerate gives each worker whole files where there are enough of them, else every
+    worker its share of each global batch) and on the DataLoader workers (each reads its own files, in
+    turn): resumed on others, the next steps would train on rows the run already had, and miss others."""
+    was = (manifest["world_size"], manifest.get("dataloader_num_workers", args.dataloader_num_workers))
+    if was != (args.world_size, args.dataloader_num_workers):
+        raise ConfigError(
+            f"checkpoint-{manifest['step']} read a stream on world size {was[0]} with {was[1]} DataLoader workers each; a "
+            "stream resumes only as it was read (its row order depends on both): resume on world size "
+            f"{was[0]} with training.dataloader_num_workers {was[1]}",
+            where="distributed.nproc_per_node" if was[0] != args.world_size else "training.dataloader_num_workers",
+        )
 
 
 def _mismatched(local: Path, manifest: dict) -> list[str]:

@@ -131,6 +131,28 @@ def test_world_size_2_then_1_then_2_keeps_the_global_batch_and_every_row_once(s3
         assert resized[key] == (pytest.approx(value, rel=1e-5) if isinstance(value, float) else value), key
 
 
+@pytest.mark.slow
+def test_a_stream_resumed_on_another_world_size_is_exit_3_and_resumes_on_its_own(bucket, s3env, tmp_path):
+    """A stream's row order depends on the world size and the DataLoader workers (accelerate hands each
+    worker whole files when there are enough, DataLoader workers interleave theirs): resumed on others,
+    the rows of the next steps would not be the ones the run had left. One line and exit 3, then the
+    run resumes on its own world size."""
+    output = f"s3://{bucket}/runs"
+    _, logs = _run(tmp_path, s3env, output, "resized", True, [(2, 3)])
+    cfg = tmp_path / "job.yaml"
+    env = {**s3env, "FINETUNE_RUN_ID": "resized"}
+    proc = run_cli("run", "--config", str(cfg), "--set", "distributed.nproc_per_node=1", env=env, cwd=tmp_path)
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    step = re.search(r"checkpoint-(\d+)", proc.stderr.strip().splitlines()[-1]).group(1)
+    assert proc.stderr.strip().splitlines()[-1].endswith(
+        f"config error: distributed.nproc_per_node: checkpoint-{step} read a stream on world size 2 with 2 DataLoader "
+        "workers each; a stream resumes only as it was read (its row order depends on both): resume on world size 2 "
+        "with training.dataloader_num_workers 2"), proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and not re.search(r"step \d+/", proc.stderr)  # nothing trained
+    again = _attempt(["run", "--config", str(cfg), "--set", "distributed.nproc_per_node=2"], env, tmp_path, None)
+    assert f"resuming from checkpoint-{step} " in again, again[-3000:]
+
+
 def _args(world: int, per_device: int, accumulation: int) -> SimpleNamespace:
     return SimpleNamespace(world_size=world, per_device_train_batch_size=per_device, gradient_accumulation_steps=accumulation,
                            process_index=0)
