@@ -206,8 +206,16 @@ def _chaos(opts, worlds, rng, tmp: Path, server, proxy) -> int:
         rel = abs(ours[worst] - theirs[worst]) / max(abs(theirs[worst]), 1e-12)
         print(f"metrics: largest difference {worst} {ours[worst]:.6f} vs {theirs[worst]:.6f} (relative {rel:.2e}); "
               f"test_accuracy {ours.get('test_accuracy')} vs {theirs.get('test_accuracy')}")
-        same_predictions = _predictions(client, "chaos") == _predictions(client, "straight")
-        print(f"predictions: {'equal to' if same_predictions else 'differ from'} the undisturbed run's")
+        mine, straight_rows = _predictions(client, "chaos"), _predictions(client, "straight")
+        same_predictions = mine == straight_rows
+        if same_predictions:
+            print("predictions: equal to the undisturbed run's")
+        else:
+            labels = sum(a.get("predicted") != b.get("predicted") for a, b in zip(mine, straight_rows))
+            probability = max((abs(a["probabilities"][k] - b["probabilities"][k]) for a, b in zip(mine, straight_rows)
+                               for k in a.get("probabilities", {})), default=0.0)
+            print(f"predictions: differ from the undisturbed run's: {labels} of {len(mine)} predicted labels, "
+                  f"probabilities by at most {probability:.2e}")
         if len(set(worlds)) == 1 and (rel > 1e-6 or not same_predictions):
             problems.append("metrics or predictions differ from the undisturbed run's")
         scores = [k for k in keys if k.endswith(("accuracy", "precision", "recall", "f1"))]
