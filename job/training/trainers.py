@@ -236,10 +236,12 @@ def _trainer_class(task):
                 batches, items = super().get_batch_samples(*args, **kwargs)
             finally:
                 self.data_wait_seconds = getattr(self, "data_wait_seconds", 0.0) + time.perf_counter() - started
-            if items is not None and batches and self.model_accepts_loss_kwargs and _ignores_item_count(self, batches[0]):
-                # Trainer then neither divides the loss by the accumulation steps nor passes the count
-                # again: every worker decides alike (the same model), so the gather above stops on all.
-                self.model_accepts_loss_kwargs, items = False, None
+            if items is not None and batches and self.model_accepts_loss_kwargs and not hasattr(self, "item_count_used"):
+                self.item_count_used = not _ignores_item_count(self, batches[0])  # asked once, at the first step
+                if not self.item_count_used:
+                    # Trainer then neither divides the loss by the accumulation steps nor passes the count
+                    # again: every worker decides alike (the same model), so the gather above stops on all.
+                    self.model_accepts_loss_kwargs, items = False, None
             return batches, items
 
         def _get_train_sampler(self, train_dataset=None):
