@@ -194,10 +194,10 @@ def keep_global_batch(args, manifest: dict | None, streamed: bool = False) -> No
 
 
 def _same_stream_readers(args, manifest: dict) -> None:
-    """A stream is resumed by skipping the batches each worker read, and which rows those are depends on
-    the world size (accelerate gives each worker whole files where there are enough of them, else every
-    worker its share of each global batch) and on the DataLoader workers (each reads its own files, in
-    turn): resumed on others, the next steps would train on rows the run already had, and miss others."""
+    """A stream resumes from each worker's saved position in its part of the stream, and which part
+    that is depends on the world size (datasets gives each worker whole files where they divide
+    evenly, else every world-size-th row) and on the DataLoader workers (each reads its own files, in
+    turn): no position of one split says where another would be."""
     was = (manifest["world_size"], manifest.get("dataloader_num_workers", args.dataloader_num_workers))
     if was != (args.world_size, args.dataloader_num_workers):
         raise ConfigError(

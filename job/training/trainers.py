@@ -83,10 +83,6 @@ def arguments(cfg: JobConfig, output_dir: Path, *, progress_bars: bool):
         "save_steps": cfg.checkpoint.every_steps or 500,
         "save_total_limit": 1,
     }
-    if cfg.data.streaming:
-        # Each worker reads and pads its own batches; dispatching them from rank 0 breaks with dynamic
-        # padding (batches of different shapes) and makes rank 0 read for everyone.
-        defaults["accelerator_config"] = {"dispatch_batches": False}
     if gpu:
         import torch
 
@@ -134,6 +130,8 @@ def trainer(cfg: JobConfig, args, model, tokenizer, features: dict, collator, co
         trainer.add_callback(_quiet_progress_callback())
     trainer.add_callback(_log_callback())
     trainer.add_callback(_sampler_epoch_callback(trainer))
+    if is_iterable(features["train"]):
+        trainer.add_callback(_stream_epoch_callback())
     trainer.ledger = ledger
     return trainer
 
@@ -216,8 +214,9 @@ def _trainer_class(task):
     from torch.utils.data import SequentialSampler
 
     class JobTrainer(throughput.counting(_classes(task)[0])):
-        def train(self, *args, **kwargs):
-            output = super().train(*args, **kwargs)
+        def train(self, resume_from_checkpoint=None, *args, **kwargs):
+            self.resuming_from = resume_from_checkpoint  # where _stream_loader finds the stream's position
+            output = super().train(resume_from_checkpoint, *args, **kwargs)
             tokens, sequences = self.counted()  # every worker: the counts are summed across them
             speed = throughput.train_metrics(self.model, tokens, sequences, output.metrics["train_runtime"], self.args.world_size)
             output.metrics.update(speed)
@@ -259,8 +258,10 @@ def _trainer_class(task):
                 return self.length_sampler
             return super()._get_train_sampler(dataset)
 
-        def _get_dataloader(self, *args, **kwargs):
-            dataloader = super()._get_dataloader(*args, **kwargs)
+        def _get_dataloader(self, dataset, description, batch_size, *args, is_training: bool = False, **kwargs):
+            if is_training and is_iterable(dataset):
+                return _stream_loader(self, dataset, batch_size)
+            dataloader = super()._get_dataloader(dataset, description, batch_size, *args, is_training=is_training, **kwargs)
             loader = getattr(dataloader, "base_dataloader", dataloader)  # accelerate's wrapper iterates this one
             if loader.num_workers > 0:
                 loader.worker_init_fn = functools.partial(_dataloader_worker_start, loader.worker_init_fn)
@@ -281,6 +282,11 @@ def _trainer_class(task):
         def prediction_step(self, model, inputs, *args, **kwargs):
             inputs.pop(RowLedger.KEY, None)
             return super().prediction_step(model, inputs, *args, **kwargs)
+
+        def _save_checkpoint(self, model, trial):
+            super()._save_checkpoint(model, trial)
+            if getattr(self, "stream_loader", None) is not None:  # before on_save: the upload takes it along
+                _save_stream_positions(self, Path(self._get_output_dir(trial)) / f"checkpoint-{self.state.global_step}")
 
         def _save(self, output_dir=None, state_dict=None):
             # training_args.bin (written here, in every checkpoint and beside the model) pickles every
@@ -349,6 +355,75 @@ def _in_dataset_order(values, order: list[int]):
     restored = np.empty_like(values)
     restored[np.asarray(order)] = values
     return restored
+
+
+STREAM_POSITIONS = "stream_positions.pt"  # in a checkpoint of a streamed run: where each worker's reader is
+
+
+def _stream_loader(trainer, dataset, batch_size: int):
+    """A streamed train split's DataLoader, resumable where it stopped: torchdata's StatefulDataLoader
+    over datasets' own stream position (`IterableDataset.state_dict()`: the file and the row in it,
+    per DataLoader worker), saved with every checkpoint and loaded on resume, where Trainer would read
+    the stream from its start again to skip what was trained. Each worker reads its own part
+    (datasets' `split_dataset_by_node`: whole files where they divide evenly, else every world-size-th
+    row), so nothing is dispatched from rank 0 and each pads its own batches. A checkpoint without
+    positions (saved before the job kept them) resumes Trainer's way."""
+    from datasets.distributed import split_dataset_by_node
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    args = trainer.args
+    if args.world_size > 1:
+        dataset = split_dataset_by_node(dataset, rank=args.process_index, world_size=args.world_size)
+    workers = args.dataloader_num_workers
+
+    class StreamLoader(StatefulDataLoader):
+        # datasets (5.2) starts every pass of a dataset object from the position loaded into it, and
+        # without DataLoader workers the loader iterates this very object: after the first pass of a
+        # resumed attempt, the next ones must start from the stream's start again, as they did before.
+        start_again: dict | None = None
+
+        def __iter__(self):
+            passing = super().__iter__()
+            return passing if self.start_again is None else self._then_start_again(passing)
+
+        def _then_start_again(self, passing):
+            yield from passing
+            self.dataset.load_state_dict(self.start_again)
+            self.start_again = None
+
+    loader = StreamLoader(
+        dataset, batch_size=batch_size, num_workers=workers, pin_memory=args.dataloader_pin_memory,
+        collate_fn=trainer._get_collator_with_removed_columns(trainer.data_collator, description="training"),
+        persistent_workers=args.dataloader_persistent_workers and workers > 0,
+        prefetch_factor=args.dataloader_prefetch_factor if workers > 0 else None,
+        worker_init_fn=functools.partial(_dataloader_worker_start, None) if workers > 0 else None,
+    )
+    saved = Path(trainer.resuming_from) / STREAM_POSITIONS if getattr(trainer, "resuming_from", None) else None
+    if saved is not None and saved.is_file():
+        import torch
+
+        if workers == 0:
+            loader.start_again = dataset.state_dict()  # the state of a stream not read yet
+        loader.load_state_dict(torch.load(saved, weights_only=True)[args.process_index])
+        args.ignore_data_skip = True  # the loader starts where the checkpoint's steps ended
+        if args.process_index == 0:
+            log.info("resume: the stream goes on from where %s left it, not read again", Path(trainer.resuming_from).name)
+    trainer.stream_loader = loader
+    return loader
+
+
+def _save_stream_positions(trainer, folder: Path) -> None:
+    """Every worker's stream position after this step's batches, gathered into the checkpoint that
+    rank 0 uploads (the other ranks may be on nodes whose disks nobody uploads)."""
+    import torch
+
+    position = trainer.stream_loader.state_dict()
+    positions = [position]
+    if trainer.args.world_size > 1:
+        positions = [None] * trainer.args.world_size
+        torch.distributed.all_gather_object(positions, position)
+    if trainer.args.process_index == 0:
+        torch.save(positions, folder / STREAM_POSITIONS)
 
 
 def _ignores_item_count(trainer, batch: dict) -> bool:
@@ -424,6 +499,18 @@ def _sampler_epoch_callback(trainer):
                 sampler.set_epoch(math.floor(state.epoch + 1e-6))  # state.epoch is 1.43 mid-epoch 1
 
     return SamplerEpoch()
+
+
+def _stream_epoch_callback():
+    """A stream's epoch is the share of max_steps trained, as Trainer counts it in one pass; Trainer's
+    own count restarts with an attempt that resumed from the stream's position (it skipped nothing)."""
+    from transformers import TrainerCallback
+
+    class StreamEpoch(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            state.epoch = state.global_step / state.max_steps
+
+    return StreamEpoch()
 
 
 def _log_callback():
