@@ -394,7 +394,7 @@ def _stream_loader(trainer, dataset, batch_size: int):
     loader = StreamLoader(
         dataset, batch_size=batch_size, num_workers=workers, pin_memory=args.dataloader_pin_memory,
         collate_fn=trainer._get_collator_with_removed_columns(trainer.data_collator, description="training"),
-        persistent_workers=args.dataloader_persistent_workers and workers > 0,
+        persistent_workers=False,  # kept workers would keep a resumed pass's position for the next (datasets#7447)
         prefetch_factor=args.dataloader_prefetch_factor if workers > 0 else None,
         worker_init_fn=functools.partial(_dataloader_worker_start, None) if workers > 0 else None,
     )
