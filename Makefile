@@ -107,6 +107,20 @@ endef
 image:
 	$(call docker_build,$(IMAGE),--build-arg BASE_IMAGE=$(CPU_BASE_IMAGE) --build-arg TORCH_INDEX_URL=$(CPU_TORCH_INDEX_URL))
 
+## base-image: Debian 12 minbase made with debootstrap and imported as $(DEBIAN_BASE_IMAGE), where no registry
+## is reachable (then: make image CPU_BASE_IMAGE=$(DEBIAN_BASE_IMAGE)); nothing is done when it exists already
+# Like the official slim images it keeps no package lists or downloaded packages (the Dockerfile updates).
+.PHONY: base-image
+DEBIAN_BASE_IMAGE ?= finetune-job-base:bookworm
+DEBIAN_MIRROR ?= http://deb.debian.org/debian
+base-image:
+	docker image inspect $(DEBIAN_BASE_IMAGE) >/dev/null 2>&1 || { \
+	  set -e; rootfs=$$(mktemp -d); \
+	  debootstrap --variant=minbase bookworm "$$rootfs" $(DEBIAN_MIRROR) >/dev/null; \
+	  rm -rf "$$rootfs"/var/lib/apt/lists/* "$$rootfs"/var/cache/apt/*; \
+	  tar -C "$$rootfs" -c . | docker import - $(DEBIAN_BASE_IMAGE) >/dev/null; \
+	  rm -rf "$$rootfs"; }
+
 ## image-gpu: the CUDA image (nvidia/cuda base + PyPI's CUDA torch), tagged $(IMAGE_GPU)
 image-gpu:
 	$(call docker_build,$(IMAGE_GPU),)

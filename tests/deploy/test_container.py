@@ -33,7 +33,6 @@ from job import errors
 from support.kube import K8S, Pod, docker_run, find, job_pod, kubectl, render
 
 BASE_IMAGE = "finetune-job-base:bookworm"
-DEBIAN_MIRROR = "http://deb.debian.org/debian"
 # A CPU torch wheel for the image (the host's pip finds it here); without one the build downloads it.
 WHEELS = Path(os.environ.get("TEST_WHEELS", "/opt/wheels"))
 SECRET_EXAMPLE = K8S / "s3-secret.example.yaml"
@@ -77,21 +76,17 @@ def docker(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def base_image(docker, tmp_path_factory, timings) -> str:
-    """Debian 12 minbase from debootstrap, imported as BASE_IMAGE; made once per Docker daemon."""
+def base_image(docker, timings) -> str:
+    """Debian 12 minbase from debootstrap, imported as BASE_IMAGE by `make base-image`; made once per
+    Docker daemon (.ci/run makes it, and the image, while the venv installs)."""
     if subprocess.run(["docker", "image", "inspect", BASE_IMAGE], capture_output=True).returncode == 0:
         return BASE_IMAGE
     if subprocess.run(["which", "debootstrap"], capture_output=True).returncode != 0:
         skip_or_fail("debootstrap is missing (apt-get install debootstrap)")
     started = time.monotonic()
-    rootfs = tmp_path_factory.mktemp("rootfs")
-    subprocess.run(["debootstrap", "--variant=minbase", "bookworm", str(rootfs), DEBIAN_MIRROR],
-                   check=True, capture_output=True, timeout=900)
-    # Like the official slim images: no package lists or downloaded packages (the Dockerfile updates).
-    subprocess.run(f"rm -rf {rootfs}/var/lib/apt/lists/* {rootfs}/var/cache/apt/*", shell=True, check=True)
-    subprocess.run(f"tar -C {rootfs} -c . | docker import - {BASE_IMAGE}", shell=True, check=True,
-                   capture_output=True, timeout=300)
-    subprocess.run(["rm", "-rf", str(rootfs)], check=True)
+    proc = subprocess.run(["make", "-C", str(ROOT), "base-image", f"DEBIAN_BASE_IMAGE={BASE_IMAGE}"],
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     timings["debian base image (debootstrap + import), s"] = time.monotonic() - started
     return BASE_IMAGE
 
