@@ -16,6 +16,7 @@ Timings go to the terminal summary; pytest -s is not needed.
 from __future__ import annotations
 
 import copy
+import fcntl
 import json
 import os
 import shutil
@@ -78,7 +79,14 @@ def docker(tmp_path_factory):
 @pytest.fixture(scope="session")
 def base_image(docker, timings) -> str:
     """Debian 12 minbase from debootstrap, imported as BASE_IMAGE by `make base-image`; made once per
-    Docker daemon (.ci/run makes it, and the image, while the venv installs)."""
+    Docker daemon. .ci/run starts building both before the venv installs, holding FINETUNE_IMAGE_LOCK
+    until it is done: wait for it, and the build here finds everything made or cached."""
+    lock = os.environ.get("FINETUNE_IMAGE_LOCK")
+    if lock and Path(lock).exists():
+        started = time.monotonic()
+        with open(lock) as held:
+            fcntl.flock(held, fcntl.LOCK_EX)  # released when closed
+        timings["waiting for .ci/run's image build, s"] = time.monotonic() - started
     if subprocess.run(["docker", "image", "inspect", BASE_IMAGE], capture_output=True).returncode == 0:
         return BASE_IMAGE
     if subprocess.run(["which", "debootstrap"], capture_output=True).returncode != 0:
