@@ -115,11 +115,11 @@ DEBIAN_BASE_IMAGE ?= finetune-job-base:bookworm
 DEBIAN_MIRROR ?= http://deb.debian.org/debian
 base-image:
 	docker image inspect $(DEBIAN_BASE_IMAGE) >/dev/null 2>&1 || { \
-	  set -e; rootfs=$$(mktemp -d); \
-	  debootstrap --variant=minbase bookworm "$$rootfs" $(DEBIAN_MIRROR) >/dev/null; \
-	  rm -rf "$$rootfs"/var/lib/apt/lists/* "$$rootfs"/var/cache/apt/*; \
-	  tar -C "$$rootfs" -c . | docker import - $(DEBIAN_BASE_IMAGE) >/dev/null; \
-	  rm -rf "$$rootfs"; }
+	  rootfs=$$(mktemp -d) \
+	  && debootstrap --variant=minbase bookworm "$$rootfs" $(DEBIAN_MIRROR) >/dev/null \
+	  && rm -rf "$$rootfs"/var/lib/apt/lists/* "$$rootfs"/var/cache/apt/* \
+	  && tar -C "$$rootfs" -c . | docker import - $(DEBIAN_BASE_IMAGE) >/dev/null; \
+	  status=$$?; rm -rf "$$rootfs"; exit $$status; }
 
 ## image-gpu: the CUDA image (nvidia/cuda base + PyPI's CUDA torch), tagged $(IMAGE_GPU)
 image-gpu:
