@@ -85,7 +85,7 @@ def fused_linear_class():
     and adds the update as two more passes over every layer's full output (and their backward), 13%
     of a LoRA step on a CPU (all-MiniLM-L6-v2, batch 32); with this, a LoRA step costs less than a
     full one. Anything else (dropout on the adapter's input, several or disabled adapters, a merged
-    layer, another dtype) takes peft's own forward; merging, saving and loading are peft's.
+    layer, another dtype outside autocast) takes peft's own forward; merging, saving and loading are peft's.
 
     Evaluation and prediction (eval mode, no gradients) run the layer as a merged one would, one matrix
     multiply with W + s * B A, the merged weight computed per call (r * in * out multiply-adds, next to
@@ -103,7 +103,10 @@ def fused_linear_class():
                 return super().forward(x, *args, **kwargs)
             name = adapters[0]
             down, up = self.lora_A[name], self.lora_B[name]
-            if x.dtype != down.weight.dtype or up.bias is not None or down.bias is not None:
+            # Under autocast (bf16 training, job/training/trainers.py) every product below runs in its
+            # dtype whatever x's; peft's own forward would cast x back to the adapter's fp32 instead.
+            mixed = x.dtype != down.weight.dtype and not torch.is_autocast_enabled(x.device.type)
+            if mixed or up.bias is not None or down.bias is not None:
                 return super().forward(x, *args, **kwargs)
             if not self.training and not torch.is_grad_enabled():
                 weight = torch.addmm(self.base_layer.weight, up.weight, down.weight, alpha=self.scaling[name])
