@@ -76,9 +76,7 @@ def _check_one(key: str, value, values: dict, where) -> None:
 def _check_environment(values: dict, where) -> None:
     """Options whose hardware, package or network is not there."""
     if values.get("fp16") or values.get("half_precision_backend") not in (None, "auto", "cpu_amp"):
-        import torch
-
-        if values.get("fp16") and not torch.cuda.is_available():
+        if values.get("fp16") and not _cuda():
             raise ConfigError("fp16 needs a CUDA GPU and none is visible (bf16 runs on CPUs)", where=where("fp16"))
     report_to = values.get("report_to")
     for name in [report_to] if isinstance(report_to, str) else report_to or []:
@@ -93,11 +91,19 @@ def _check_environment(values: dict, where) -> None:
             )
 
 
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _check_combination(values: dict, where, arguments_class) -> None:
     """Build TrainingArguments once with the values given: its own checks of combinations."""
     with tempfile.TemporaryDirectory(prefix="finetune-check-") as tmp:
         try:
-            arguments_class(output_dir=tmp, **values)
+            # On a CPU the job trains with use_cpu (job/training/trainers.py); without it TrainingArguments
+            # would refuse bf16 there.
+            arguments_class(output_dir=tmp, **{"use_cpu": not _cuda(), **values})
         except (ValueError, TypeError, ImportError) as exc:
             text = first_line(exc)
             key = next((k for k in values if k in text), None)

@@ -1,7 +1,8 @@
 """Batch inference with a published model: rows in, predictions.jsonl out.
 
 The model directory carries `finetune_job.json` (written by the run), which says the task and the
-columns the model was trained on, so the input is read and tokenized exactly as in training. Gold
+columns the model was trained on, so the input is read and tokenized exactly as in training, and
+whether it ran in bf16, which prediction keeps (so it predicts what the run predicted). Gold
 labels are copied to the output when the input has them. Code shipped with the model runs only with
 `--trust-remote-code`: a run's `model.trust_remote_code` says nothing about who wrote the bucket since.
 """
@@ -41,7 +42,7 @@ def predict(
         tokenizer, model = _load(model_dir, task, model_uri, work, trust_remote_code)
         spec = task.spec_from_model(model.config, cfg, rows)
         features, collator = training.prepare(cfg, task, spec, tokenizer, {"test": rows})
-        predictor = training.predictor(cfg, model, tokenizer, collator, batch_size, work / "trainer")
+        predictor = training.predictor(cfg, model, tokenizer, collator, batch_size, work / "trainer", bf16=meta.get("bf16"))
         predicted = predictor.predict(features["test"], metric_key_prefix="predict")
         out_path = work / "predictions.jsonl"
         count = 0

@@ -160,7 +160,9 @@ def run(cfg: JobConfig, log_format: str = "text") -> RunResult:
     models.save_published(trainer, cfg, stage / "model", cached)
     # training_args.bin pickles every TrainingArguments field, hub_token included: not an output.
     (stage / "model" / "training_args.bin").unlink(missing_ok=True)
-    (stage / "model" / models.META_FILE).write_text(json.dumps(models.meta(cfg), indent=2))
+    # The precision it was trained and scored in, which `finetune-job predict` keeps.
+    meta = {**models.meta(cfg), "bf16": bool(args.bf16)}
+    (stage / "model" / models.META_FILE).write_text(json.dumps(meta, indent=2))
     trainer.state.save_to_json(str(stage / "trainer_state.json"))
     (stage / "config.yaml").write_text(config_yaml)
     (stage / "metrics.json").write_text(json.dumps(metrics, indent=2))

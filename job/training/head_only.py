@@ -7,8 +7,8 @@ row per epoch (which cost the old head-only mode 83% of full fine-tuning's time)
 
 1. Features. Each split's tokenized rows, sorted by length and cut into batches of a fixed number
    of tokens (CPU_BATCH_TOKENS; so almost no padding), go through the body under
-   torch.inference_mode, and each row becomes one pooled vector (`model.pooling`: mean or cls,
-   job/models/pooled.py). Several workers take every other batch and gather the vectors, so each holds all.
+   torch.inference_mode (in bf16 when the run trains in bf16), and each row becomes one pooled
+   vector (`model.pooling`: mean or cls, job/models/pooled.py). Several workers take every other batch and gather the vectors, so each holds all.
 2. The head (job/models/pooled.py's PooledHead: one linear layer) trains on the cached vectors through the
    job's Trainer: checkpoints, SIGTERM, resume, several workers and logging work as in any run.
 3. The run publishes body + head assembled (PooledTextClassifier), an ordinary from_pretrained
@@ -102,7 +102,10 @@ def _pooled(model, split, collator, args):
     columns = {name: split[name] for name in INPUTS if name in split.column_names}
     body = model.body.to(args.device).eval()
     vectors = np.zeros((len(split), model.head.classifier.in_features), dtype=np.float32)
-    with torch.inference_mode():
+    # The run's precision (bf16 autocast where the hardware has it, job/training/trainers.py), so that
+    # the vectors are what the published model computes when a run of its own predicts.
+    precision = torch.autocast(args.device.type, dtype=torch.bfloat16, enabled=args.bf16)
+    with torch.inference_mode(), precision:
         for rows in mine:
             batch = collator([{name: values[i] for name, values in columns.items()} for i in rows])
             batch = {name: tensor.to(args.device) for name, tensor in batch.items()}

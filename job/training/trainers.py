@@ -60,6 +60,22 @@ def on_gpu() -> bool:
     return torch.cuda.is_available()
 
 
+def cpu_computes_bf16() -> bool:
+    """The CPU has bf16 dot-product instructions (AVX-512 BF16, AMX), not the emulation oneDNN falls back to."""
+    import torch
+
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
+def precision_defaults(gpu: bool) -> dict:
+    """bf16 mixed precision (fp32 master weights, autocast) where the hardware multiplies in bf16 natively."""
+    import torch
+
+    if gpu:
+        return {"bf16": torch.cuda.is_bf16_supported(), "tf32": torch.cuda.get_device_capability()[0] >= 8}
+    return {"bf16": cpu_computes_bf16()}
+
+
 def arguments(cfg: JobConfig, output_dir: Path, *, progress_bars: bool):
     """TrainingArguments: the job's defaults, the task's, then the user's `training:` section on top."""
     task = tasks.get(cfg.task.name)
@@ -83,11 +99,7 @@ def arguments(cfg: JobConfig, output_dir: Path, *, progress_bars: bool):
         "save_steps": cfg.checkpoint.every_steps or 500,
         "save_total_limit": 1,
     }
-    if gpu:
-        import torch
-
-        defaults["bf16"] = torch.cuda.is_bf16_supported()
-        defaults["tf32"] = torch.cuda.get_device_capability()[0] >= 8
+    defaults.update(precision_defaults(gpu))
     defaults.update(task.training_defaults(cfg) if hasattr(task, "training_defaults") else {})
     defaults.update(MODE_DEFAULTS[cfg.model.train])
     try:
@@ -172,15 +184,23 @@ class RowLedger:
             out.write(json.dumps({"rank": self.rank, "step": step, "epoch": epoch, "ids": list(ids)}) + "\n")
 
 
-def predictor(cfg: JobConfig, model, tokenizer, collator, batch_size: int, output_dir: Path):
-    """A Trainer for inference only (`finetune-job predict`): same batching and ordering rules."""
+def predictor(cfg: JobConfig, model, tokenizer, collator, batch_size: int, output_dir: Path, *, bf16: bool | None = None):
+    """A Trainer for inference only (`finetune-job predict`): same batching and ordering rules, and the
+    run's precision (`bf16`: whether it trained in bf16; None: unknown, the job's default), so that its
+    predictions are the run's (a GPU without bf16 falls back to fp32)."""
     task = tasks.get(cfg.task.name)
+    gpu = on_gpu()
+    precision = precision_defaults(gpu)
+    if bf16 is not None:
+        precision["bf16"] = bf16 and (precision["bf16"] or not gpu)
     args = _classes(task)[1](
         output_dir=str(output_dir),
         per_device_eval_batch_size=batch_size,
         report_to="none",
         disable_tqdm=True,
-        dataloader_pin_memory=on_gpu(),
+        dataloader_pin_memory=gpu,
+        use_cpu=not gpu,
+        **precision,
         **(task.training_defaults(cfg) if hasattr(task, "training_defaults") else {}),
     )
     return evaluator(cfg, args, model, tokenizer, collator)

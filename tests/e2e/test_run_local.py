@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 
 from conftest import DEMO, base_env, demo_rows, read_jsonl, run_cli, run_cli_here, sha256_of, tiny_config, write_jsonl, write_yaml
 
@@ -146,8 +147,12 @@ def test_streaming_trains_from_an_iterable_dataset(tmp_path):
     assert [r["id"] for r in _predictions(run_dir)] == list(range(60))
 
 
-def test_predict_command_matches_the_runs_predictions(tmp_path):
-    _, run_dir = _run(tmp_path, tiny_config(str(tmp_path / "out")), "p")
+@pytest.mark.parametrize("bf16", [False, True])
+def test_predict_command_matches_the_runs_predictions(bf16, tmp_path):
+    # predict keeps the run's precision (finetune_job.json): bf16 on any CPU (emulated without bf16
+    # instructions), fp32 also where bf16 is the default.
+    _, run_dir = _run(tmp_path, tiny_config(str(tmp_path / "out"), training={"bf16": bf16}), "p")
+    assert json.loads((run_dir / "model" / "finetune_job.json").read_text())["bf16"] is bf16
     out = tmp_path / "scored.jsonl"
     proc = run_cli_here("predict", "--model", str(run_dir / "model"), "--input", str(DEMO / "reviews.test.jsonl"), "--output", str(out), check=True)
     assert "60 predictions written" in proc.stdout

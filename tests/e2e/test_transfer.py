@@ -185,6 +185,17 @@ def test_lora_fused_layer_computes_what_peft_computes_and_merges_the_same(tmp_pa
         torch.manual_seed(1)
         outputs.append(model(**batch).logits)
     assert torch.equal(*outputs)
+    # bf16 autocast (the default training on a CPU with bf16 instructions) keeps the fused multiply: peft's
+    # own forward casts the input back to the adapter's fp32, and its fp32 output runs every op after in fp32.
+    plain, fused = wrapped(False).train(), wrapped(True).train()  # merge_and_unload took the adapters out
+    fused.load_state_dict(plain.state_dict())
+    seen, dense = [], fused.base_model.model.bert.encoder.layer[0].output.dense  # its input: a bf16 product's
+    dense.register_forward_hook(lambda _, inputs, out: seen.append((inputs[0].dtype, out.dtype)))
+    dense.lora_A["default"].register_forward_hook(lambda _, inputs, out: seen.append((inputs[0].dtype, out.dtype)))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16_logits = fused(**batch).logits
+        assert seen == [(torch.bfloat16, torch.bfloat16)] * 2
+        assert torch.allclose(bf16_logits.float(), plain(**batch).logits.float(), atol=0.05)
 
 
 def test_lora_trains_only_the_adapters_and_the_head_and_publishes_an_ordinary_model(tmp_path):
@@ -193,7 +204,9 @@ def test_lora_trains_only_the_adapters_and_the_head_and_publishes_an_ordinary_mo
 
     from job.models import builtin
 
-    cfg = tiny_config(str(tmp_path / "out"), model={"train": "lora"}, lora={"r": 4})
+    # fp32: predict then reproduces the run to float32's rounding (in bf16, the default on a CPU with
+    # bf16 instructions, to bf16's: test_bf16_runs_predict_in_bf16).
+    cfg = tiny_config(str(tmp_path / "out"), model={"train": "lora"}, lora={"r": 4}, training={"bf16": False})
     proc, run_dir = _run(tmp_path, cfg, "lora")
     _, initial = builtin.build("builtin:tiny-bert", (r["text"] for r in read_jsonl(DEMO / "reviews.train.jsonl")),
                                AutoModelForSequenceClassification, {"num_labels": 2}, seed=42)
@@ -271,7 +284,7 @@ def _minilm_config(tmp_path: Path, output: str, train_rows: int, held_out: tuple
 @pytest.mark.slow
 @needs_shared
 def test_head_only_on_minilm_beats_chance_and_its_model_predicts_the_same_on_text(tmp_path):
-    cfg = _minilm_config(tmp_path, str(tmp_path / "out"), train_rows=1600)
+    cfg = _minilm_config(tmp_path, str(tmp_path / "out"), train_rows=1600, bf16=False)  # predict to fp32's rounding
     cfg["model"]["train"] = "head"  # the mode's own learning rate, epochs and batch size
     _, run_dir = _run(tmp_path, cfg, "head")
     metrics = _metrics(run_dir)
@@ -289,7 +302,8 @@ def test_lora_on_minilm_adapter_and_merged_give_the_same_predictions(tmp_path):
     from transformers import AutoModelForSequenceClassification
 
     output = str(tmp_path / "out")
-    cfg = _minilm_config(tmp_path, output, train_rows=256, held_out=(64, 128), max_steps=12, per_device_train_batch_size=16)
+    cfg = _minilm_config(tmp_path, output, train_rows=256, held_out=(64, 128), max_steps=12, per_device_train_batch_size=16,
+                         bf16=False)  # adapter over base and merged weights agree to fp32's rounding, not bf16's
     cfg["model"]["train"] = "lora"
     _, adapter_dir = _run(tmp_path, cfg, "adapter", "lora.publish=adapter")
     _, merged_dir = _run(tmp_path, cfg, "merged")
