@@ -92,13 +92,17 @@ def import_baseline(env: dict, repeats: int = 3) -> float:
     return statistics.median(walls)
 
 
-def job_row(mode: str, files: dict, folder: Path, max_length: int) -> dict:
-    config = write_yaml(folder / f"{mode}.yaml", config_for(mode, files, folder / "out", max_length))
-    env = base_env(FINETUNE_RUN_ID=f"seed-{mode}", HF_HOME=str(folder / f"hf-{mode}"))
+def job_row(row: str, files: dict, folder: Path, max_length: int) -> dict:
+    mode, _, precision = row.partition("-")  # all-fp32: full fine-tuning with bf16 off, what bf16 buys
+    settings = config_for(mode, files, folder / "out", max_length)
+    if precision == "fp32":
+        settings["training"]["bf16"] = False
+    config = write_yaml(folder / f"{row}.yaml", settings)
+    env = base_env(FINETUNE_RUN_ID=f"seed-{row}", HF_HOME=str(folder / f"hf-{row}"))
     wall, rss, lines = run_timed([sys.executable, "-m", "job", "--log-format", "json", "run", "--config", str(config)],
                                  env, folder)
-    metrics = json.loads((folder / "out" / f"seed-{mode}" / "metrics.json").read_text())
-    return {"name": f"job {mode}", "mode": mode, "wall_s": wall, "rss": rss, "accuracy": metrics["eval_accuracy"],
+    metrics = json.loads((folder / "out" / f"seed-{row}" / "metrics.json").read_text())
+    return {"name": f"job {mode}" + (f", {precision}" if precision else ""), "mode": mode, "wall_s": wall, "rss": rss, "accuracy": metrics["eval_accuracy"],
             "test_accuracy": metrics["test_accuracy"], "phases": phases(lines, wall)}
 
 
@@ -189,8 +193,8 @@ def main() -> None:
     parser.add_argument("--reference", type=Path, default=os.environ.get("HF_RUN_CLASSIFICATION"),
                         help="path to transformers' examples/pytorch/text-classification/run_classification.py "
                              "(or HF_RUN_CLASSIFICATION); its rows are skipped without it")
-    parser.add_argument("--rows", nargs="+", default=["reference-padded", "reference-dynamic", "all", "lora", "head"],
-                        choices=["reference-padded", "reference-dynamic", "all", "lora", "head"])
+    rows = ["reference-padded", "reference-dynamic", "all", "all-fp32", "lora", "head"]
+    parser.add_argument("--rows", nargs="+", default=rows, choices=rows)
     parser.add_argument("--train-rows", type=int, help="train on this many rows (half of each label); all 8530 when unset")
     parser.add_argument("--max-length", type=int, default=128)
     args = parser.parse_args()
