@@ -15,7 +15,9 @@ batch 32, learning rate 5e-5, max_length 128, seed 42. Rows, each one process, a
   accuracy module it writes (scikit-learn's accuracy_score), the one input it changes;
 - reference, dynamic: the same with `--pad_to_max_length false` (padding per batch);
 - job all / lora / head: `finetune-job run`, one per `model.train` mode (benchmarks/bench_transfer.py's configs:
-  all and lora 1 epoch, head its own defaults, promotion off).
+  all and lora 1 epoch, head its own defaults, promotion off), in the job's default precision (bf16 on a
+  CPU with bf16 instructions);
+- job all, fp32 (`all-fp32`): full fine-tuning with `training.bf16: false`, what bf16 buys.
 
 Wall time is the whole process, start-up and report included; every ratio is against a row of this same
 invocation. The profile table splits each job row into phases from its own log lines (`--log-format
@@ -102,8 +104,9 @@ def job_row(row: str, files: dict, folder: Path, max_length: int) -> dict:
     wall, rss, lines = run_timed([sys.executable, "-m", "job", "--log-format", "json", "run", "--config", str(config)],
                                  env, folder)
     metrics = json.loads((folder / "out" / f"seed-{row}" / "metrics.json").read_text())
-    return {"name": f"job {mode}" + (f", {precision}" if precision else ""), "mode": mode, "wall_s": wall, "rss": rss, "accuracy": metrics["eval_accuracy"],
-            "test_accuracy": metrics["test_accuracy"], "phases": phases(lines, wall)}
+    return {"name": f"job {mode}" + (f", {precision}" if precision else ""), "mode": mode, "wall_s": wall,
+            "rss": rss, "accuracy": metrics["eval_accuracy"], "test_accuracy": metrics["test_accuracy"],
+            "phases": phases(lines, wall)}
 
 
 def phases(lines: list[tuple[float, str]], wall: float) -> dict[str, float]:

@@ -42,7 +42,8 @@ def predict(
         tokenizer, model = _load(model_dir, task, model_uri, work, trust_remote_code)
         spec = task.spec_from_model(model.config, cfg, rows)
         features, collator = training.prepare(cfg, task, spec, tokenizer, {"test": rows})
-        predictor = training.predictor(cfg, model, tokenizer, collator, batch_size, work / "trainer", bf16=meta.get("bf16"))
+        predictor = training.predictor(cfg, model, tokenizer, collator, batch_size, work / "trainer",
+                                       bf16=meta.get("bf16"))
         predicted = predictor.predict(features["test"], metric_key_prefix="predict")
         out_path = work / "predictions.jsonl"
         count = 0

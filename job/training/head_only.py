@@ -8,7 +8,8 @@ row per epoch (which cost the old head-only mode 83% of full fine-tuning's time)
 1. Features. Each split's tokenized rows, sorted by length and cut into batches of a fixed number
    of tokens (CPU_BATCH_TOKENS; so almost no padding), go through the body under
    torch.inference_mode (in bf16 when the run trains in bf16), and each row becomes one pooled
-   vector (`model.pooling`: mean or cls, job/models/pooled.py). Several workers take every other batch and gather the vectors, so each holds all.
+   vector (`model.pooling`: mean or cls, job/models/pooled.py). Several workers take every other
+   batch and gather the vectors, so each holds all.
 2. The head (job/models/pooled.py's PooledHead: one linear layer) trains on the cached vectors through the
    job's Trainer: checkpoints, SIGTERM, resume, several workers and logging work as in any run.
 3. The run publishes body + head assembled (PooledTextClassifier), an ordinary from_pretrained

@@ -64,7 +64,8 @@ def cpu_computes_bf16() -> bool:
     """The CPU has bf16 dot-product instructions (AVX-512 BF16, AMX), not the emulation oneDNN falls back to."""
     import torch
 
-    return any(getattr(torch.cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
 
 
 def precision_defaults(gpu: bool) -> dict:
@@ -184,7 +185,8 @@ class RowLedger:
             out.write(json.dumps({"rank": self.rank, "step": step, "epoch": epoch, "ids": list(ids)}) + "\n")
 
 
-def predictor(cfg: JobConfig, model, tokenizer, collator, batch_size: int, output_dir: Path, *, bf16: bool | None = None):
+def predictor(cfg: JobConfig, model, tokenizer, collator, batch_size: int, output_dir: Path, *,
+              bf16: bool | None = None):
     """A Trainer for inference only (`finetune-job predict`): same batching and ordering rules, and the
     run's precision (`bf16`: whether it trained in bf16; None: unknown, the job's default), so that its
     predictions are the run's (a GPU without bf16 falls back to fp32)."""
