@@ -103,8 +103,8 @@ def _pooled(model, split, collator, args):
     columns = {name: split[name] for name in INPUTS if name in split.column_names}
     body = model.body.to(args.device).eval()
     vectors = np.zeros((len(split), model.head.classifier.in_features), dtype=np.float32)
-    # The run's precision (bf16 autocast where the hardware has it, job/training/trainers.py), so that
-    # the vectors are what the published model computes when a run of its own predicts.
+    # The run's precision (bf16 autocast where the hardware has it, job/training/trainers.py), which the
+    # published model's finetune_job.json records and `finetune-job predict` uses.
     precision = torch.autocast(args.device.type, dtype=torch.bfloat16, enabled=args.bf16)
     with torch.inference_mode(), precision:
         for rows in mine:

@@ -205,7 +205,7 @@ def test_lora_trains_only_the_adapters_and_the_head_and_publishes_an_ordinary_mo
     from job.models import builtin
 
     # fp32: predict then reproduces the run to float32's rounding (in bf16, the default on a CPU with
-    # bf16 instructions, to bf16's: test_bf16_runs_predict_in_bf16).
+    # bf16 instructions, to bf16's unless batched alike: test_run_local's test_predict_command_*).
     cfg = tiny_config(str(tmp_path / "out"), model={"train": "lora"}, lora={"r": 4}, training={"bf16": False})
     proc, run_dir = _run(tmp_path, cfg, "lora")
     _, initial = builtin.build("builtin:tiny-bert", (r["text"] for r in read_jsonl(DEMO / "reviews.train.jsonl")),
