@@ -198,6 +198,36 @@ def test_lora_fused_layer_computes_what_peft_computes_and_merges_the_same(tmp_pa
         assert torch.allclose(bf16_logits.float(), plain(**batch).logits.float(), atol=0.05)
 
 
+def test_lora_turns_off_the_frozen_bodys_hidden_dropout_unless_asked_to_keep_it():
+    """lora.body_dropout: false (the default) sets p = 0 on the body's dropout on hidden states; the
+    dropout inside attention, the task head's and the model's config are left as they were."""
+    import copy
+
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from job import tasks
+    from job.config import LoraConfig
+    from job.models import lora
+
+    base = BertForSequenceClassification(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2,
+                                                    num_attention_heads=2, intermediate_size=64, num_labels=2))
+    task = tasks.get("text-classification")
+
+    def dropout(settings: LoraConfig) -> dict[str, float]:
+        model = lora.wrap(copy.deepcopy(base), settings, task)
+        assert model.config.hidden_dropout_prob == 0.1  # what the published model's config.json says
+        return {name.removeprefix("base_model.model."): module.p for name, module in model.named_modules()
+                if isinstance(module, torch.nn.Dropout) and "lora_" not in name}
+
+    quiet, kept = dropout(LoraConfig()), dropout(LoraConfig(body_dropout=True))
+    assert set(kept.values()) == {0.1}
+    hidden = ["bert.embeddings.dropout"] + [f"bert.encoder.layer.{i}.{where}.dropout"
+                                            for i in range(2) for where in ("attention.output", "output")]
+    assert sorted(name for name, p in quiet.items() if p == 0.0) == sorted(hidden)
+    assert quiet["dropout"] == 0.1 and quiet["bert.encoder.layer.1.attention.self.dropout"] == 0.1
+
+
 def test_lora_trains_only_the_adapters_and_the_head_and_publishes_an_ordinary_model(tmp_path):
     from safetensors.torch import load_file
     from transformers import AutoModelForSequenceClassification
