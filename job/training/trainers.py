@@ -42,13 +42,15 @@ log = logging.getLogger(__name__)
 
 # What each `model.train` mode needs where the user's `training:` section is silent
 # (docs/transfer-learning.md). A new head or an adapter starts from scratch on a small share of the weights and wants a
-# far larger rate than full fine-tuning's 5e-5 (Trainer's default, kept for `all`). Head-only epochs
-# are cheap (the head reads cached vectors; job/training/head_only.py), so it takes many, in batches of 32
-# (8, Trainer's default, would be 4x the steps), in random order (the vectors have no length to
-# group by), logging less often.
+# far larger rate than full fine-tuning's 5e-5 (Trainer's default, kept for `all`). The head (one
+# linear layer over cached vectors; job/training/head_only.py) takes 3 epochs: on all-MiniLM-L6-v2's
+# rotten_tomatoes vectors, 3 and 10 gave the same accuracy from 500 rows to all 8,530 (means over 4-6
+# seeds within 0.01 of each other, either way), and 10 cost 5 s of a 40 s run; in batches of 32 (8,
+# Trainer's default, would be 4x the steps), in random order (the vectors have no length to group
+# by), logging less often.
 MODE_DEFAULTS = {
     "all": {},
-    "head": {"learning_rate": 1e-2, "num_train_epochs": 10, "per_device_train_batch_size": 32,
+    "head": {"learning_rate": 1e-2, "num_train_epochs": 3, "per_device_train_batch_size": 32,
              "train_sampling_strategy": "random", "logging_steps": 50},
     "lora": {"learning_rate": 1e-3},
 }
