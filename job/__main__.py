@@ -1,5 +1,5 @@
 """`python -m job` is `finetune-job`."""
 
-from job.cli.root import main
+from job.cli.root import entry
 
-main()
+entry()

@@ -7,6 +7,7 @@ traceback. Unexpected errors are bugs: they exit 1 with the traceback.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
 import signal
@@ -69,6 +70,18 @@ def cli(ctx: click.Context, log_format: str, debug: bool) -> None:
     _debug = debug
     job_log.setup(log_format, debug)
     ctx.obj = {"log_format": log_format, "debug": debug}
+
+
+def entry() -> None:
+    """The console script and `python -m job`: main(), then nothing left for the interpreter's exit to
+    collect. Exiting, CPython runs one last full garbage collection over every object still alive (after
+    a run, over half a million: torch, transformers, datasets), 1.4 s of every run's wall on two cores.
+    Frozen, they are left to reference counting and the operating system; atexit handlers (log
+    flushing, temporary folders) run as before. Tests call main() in their own process, unfrozen."""
+    try:
+        main()
+    finally:
+        gc.freeze()
 
 
 def main() -> None:
