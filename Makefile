@@ -65,7 +65,8 @@ bench-streaming: $(STAMP)
 
 ## bench-seed: the seed's workload (all-MiniLM-L6-v2, rotten_tomatoes, 1 epoch): the job's three modes against
 ## transformers' run_classification.py, given as HF_RUN_CLASSIFICATION=PATH (its rows skipped without it;
-## they need `pip install evaluate`); BENCH_SEED_FLAGS="--train-rows 1000" for a subset
+## they need `pip install evaluate`); BENCH_SEED_FLAGS="--train-rows 1000" for a subset, "--repeat 3" for the
+## job's rows in 3 rounds (median ratios: one row's slow spell on a shared machine moves them less)
 HF_RUN_CLASSIFICATION ?=
 BENCH_SEED_FLAGS ?=
 bench-seed: $(STAMP)

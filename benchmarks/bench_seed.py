@@ -2,6 +2,7 @@
 
     python benchmarks/bench_seed.py --reference /tmp/run_classification.py        # every row, full size
     python benchmarks/bench_seed.py --reference ... --train-rows 2000             # a quicker look on a subset
+    python benchmarks/bench_seed.py --rows all lora head --repeat 3               # the job's ratios, 3 rounds
     python benchmarks/bench_seed.py                                               # no reference: its rows are skipped
 
 The workload: all-MiniLM-L6-v2 (../shared) on the rotten_tomatoes rebuild (8530/1066/1066 rows), 1 epoch,
@@ -20,7 +21,9 @@ batch 32, learning rate 5e-5, max_length 128, seed 42. Rows, each one process, a
 - job all, fp32 (`all-fp32`): full fine-tuning with `training.bf16: false`, what bf16 buys.
 
 Wall time is the whole process, start-up and report included; every ratio is against a row of this same
-invocation. The profile table splits each job row into phases from its own log lines (`--log-format
+invocation. `--repeat N` runs the job's rows N times, in rounds (each round in another order, so a
+minutes-long slow spell on a shared machine does not fall on one row only): a job row's wall is its
+median, and a ratio between two job rows is the median of the rounds' own ratios, each round's listed. The profile table splits each job row into phases from its own log lines (`--log-format
 json`), each line timed when it arrives. Start-up compares the job's first log line with
 `python -c "from transformers import Trainer"` (the import any Trainer script pays), measured here too.
 Accuracy is on the validation split (the reference script predicts test without labels).
@@ -94,16 +97,17 @@ def import_baseline(env: dict, repeats: int = 3) -> float:
     return statistics.median(walls)
 
 
-def job_row(row: str, files: dict, folder: Path, max_length: int) -> dict:
+def job_row(row: str, files: dict, folder: Path, max_length: int, turn: int = 0) -> dict:
     mode, _, precision = row.partition("-")  # all-fp32: full fine-tuning with bf16 off, what bf16 buys
     settings = config_for(mode, files, folder / "out", max_length)
     if precision == "fp32":
         settings["training"]["bf16"] = False
     config = write_yaml(folder / f"{row}.yaml", settings)
-    env = base_env(FINETUNE_RUN_ID=f"seed-{row}", HF_HOME=str(folder / f"hf-{row}"))
+    run_id = f"seed-{row}-{turn}"  # each round a run of its own
+    env = base_env(FINETUNE_RUN_ID=run_id, HF_HOME=str(folder / f"hf-{row}"))
     wall, rss, lines = run_timed([sys.executable, "-m", "job", "--log-format", "json", "run", "--config", str(config)],
                                  env, folder)
-    metrics = json.loads((folder / "out" / f"seed-{row}" / "metrics.json").read_text())
+    metrics = json.loads((folder / "out" / run_id / "metrics.json").read_text())
     return {"name": f"job {mode}" + (f", {precision}" if precision else ""), "mode": mode, "wall_s": wall,
             "rss": rss, "accuracy": metrics["eval_accuracy"], "test_accuracy": metrics["test_accuracy"],
             "phases": phases(lines, wall)}
@@ -149,6 +153,22 @@ def reference_row(script: Path, padded: bool, files: dict, folder: Path, max_len
     return {"name": name, "wall_s": wall, "rss": rss, "accuracy": accuracy}
 
 
+def ratio_of(row: dict, base: dict) -> tuple[float, str]:
+    """(row's wall over base's, the rounds' own ratios as text when both ran in the same rounds)."""
+    walls, base_walls = row.get("round_walls", []), base.get("round_walls", [])
+    if len(walls) > 1 and len(walls) == len(base_walls):
+        ratios = [w / b for w, b in zip(walls, base_walls)]
+        return statistics.median(ratios), " (median; rounds: " + ", ".join(f"{x:.2f}x" for x in ratios) + ")"
+    return row["wall_s"] / base["wall_s"], ""
+
+
+def median_round(runs: list[dict]) -> dict:
+    """One job row from its rounds: the run of median wall (its phases and RSS), with every round's wall."""
+    chosen = sorted(runs, key=lambda run: run["wall_s"])[(len(runs) - 1) // 2]
+    return {**chosen, "wall_s": statistics.median(run["wall_s"] for run in runs),
+            "round_walls": [run["wall_s"] for run in runs]}
+
+
 def first_line_seconds(row: dict) -> float:
     return row["phases"]["start-up (imports, config, arguments)"]
 
@@ -171,10 +191,10 @@ def print_tables(rows: list[dict], import_s: float, train_rows: int | None) -> N
             if base is None:
                 print(f"| {r['name']} | {r['wall_s']:.1f} | {r['rss']} | {r['accuracy']:.4f} | - | - | - |")
                 continue
-            ratio = r["wall_s"] / by[base]["wall_s"]
+            ratio, rounds = ratio_of(r, by[base])
             gap = r["accuracy"] - by[base]["accuracy"]
             print(f"| {r['name']} | {r['wall_s']:.1f} | {r['rss']} | {r['accuracy']:.4f} ({gap:+.4f} vs {base}) | "
-                  f"{ratio:.2f}x {base} | <= {limit:.2f}x | {'yes' if ratio <= limit else 'no'} |")
+                  f"{ratio:.2f}x {base}{rounds} | <= {limit:.2f}x | {'yes' if ratio <= limit else 'no'} |")
     if full:
         first = first_line_seconds(full)
         print(f"| start-up: job's first log line | {first:.2f} | - | - | {first / import_s:.2f}x "
@@ -200,6 +220,7 @@ def main() -> None:
     parser.add_argument("--rows", nargs="+", default=rows, choices=rows)
     parser.add_argument("--train-rows", type=int, help="train on this many rows (half of each label); all 8530 when unset")
     parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--repeat", type=int, default=1, help="run the job's rows this many times, in rounds")
     args = parser.parse_args()
     if not MODEL.is_dir():
         sys.exit(f"{MODEL} is missing: this benchmark needs ../shared")
@@ -222,13 +243,18 @@ def main() -> None:
         files = {f"{split}_files": str(path) for split, path in write(folder, {"train": args.train_rows}).items()}
         import_s = import_baseline(env)
         print(f"from transformers import Trainer: {import_s:.2f} s", file=sys.stderr)
-        for row in wanted:
-            if row.startswith("reference"):
-                rows.append(reference_row(args.reference, row == "reference-padded", files, folder, args.max_length))
-            else:
-                rows.append(job_row(row, files, folder, args.max_length))
+        for row in [r for r in wanted if r.startswith("reference")]:
+            rows.append(reference_row(args.reference, row == "reference-padded", files, folder, args.max_length))
             print(f"{rows[-1]['name']}: {rows[-1]['wall_s']:.1f} s, validation accuracy {rows[-1]['accuracy']:.4f}",
                   file=sys.stderr)
+        jobs = [r for r in wanted if not r.startswith("reference")]
+        runs = {row: [] for row in jobs}
+        for turn in range(args.repeat):
+            for row in jobs[turn % len(jobs):] + jobs[: turn % len(jobs)] if jobs else []:
+                runs[row].append(job_row(row, files, folder, args.max_length, turn))
+                print(f"round {turn + 1}, {runs[row][-1]['name']}: {runs[row][-1]['wall_s']:.1f} s, validation "
+                      f"accuracy {runs[row][-1]['accuracy']:.4f}", file=sys.stderr)
+        rows += [median_round(runs[row]) for row in jobs]
     print_tables(rows, import_s, args.train_rows)
     print("ratios: wall time against the named row of this same invocation (lower is faster).")
 
