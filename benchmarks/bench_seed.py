@@ -23,8 +23,9 @@ batch 32, learning rate 5e-5, max_length 128, seed 42. Rows, each one process, a
 Wall time is the whole process, start-up and report included; every ratio is against a row of this same
 invocation. `--repeat N` runs the job's rows N times, in rounds (each round in another order, so a
 minutes-long slow spell on a shared machine does not fall on one row only): a job row's wall is its
-median, and a ratio between two job rows is the median of the rounds' own ratios, each round's listed. The profile table splits each job row into phases from its own log lines (`--log-format
-json`), each line timed when it arrives. Start-up compares the job's first log line with
+median, and a ratio between two job rows is the median of the rounds' own ratios, each round's listed.
+The profile table splits each job row into phases from its own log lines (`--log-format json`), each
+line timed when it arrives. Start-up compares the job's first log line with
 `python -c "from transformers import Trainer"` (the import any Trainer script pays), measured here too.
 Accuracy is on the validation split (the reference script predicts test without labels).
 """
@@ -249,8 +250,9 @@ def main() -> None:
                   file=sys.stderr)
         jobs = [r for r in wanted if not r.startswith("reference")]
         runs = {row: [] for row in jobs}
-        for turn in range(args.repeat):
-            for row in jobs[turn % len(jobs):] + jobs[: turn % len(jobs)] if jobs else []:
+        for turn in range(args.repeat if jobs else 0):
+            shift = turn % len(jobs)  # each round starts at another row
+            for row in jobs[shift:] + jobs[:shift]:
                 runs[row].append(job_row(row, files, folder, args.max_length, turn))
                 print(f"round {turn + 1}, {runs[row][-1]['name']}: {runs[row][-1]['wall_s']:.1f} s, validation "
                       f"accuracy {runs[row][-1]['accuracy']:.4f}", file=sys.stderr)
