@@ -123,7 +123,7 @@ class LoraConfig:
     dropout: float = _setting(0.0, "Dropout on the adapter's input (0: none, and no copy of every layer's input).")
     body_dropout: bool = _setting(
         False, "Keep the frozen body's dropout on its hidden states (false: off, as it bought no accuracy and cost "
-        "12-20% of LoRA's training time; dropout inside attention stays).",
+        "13% of LoRA's training time; dropout inside attention stays).",
     )
     target_modules: list[str] | None = _setting(
         None, "Names of the layers that get adapters (e.g. [query, value]); every linear layer but the output "

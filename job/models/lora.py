@@ -23,7 +23,7 @@ trainable copy of it (`modules_to_save`). Language-model heads stay frozen: they
 
 The frozen body's dropout on hidden states (BERT's after embeddings, attention output and feed-forward)
 is off unless `lora.body_dropout: true`: on all-MiniLM-L6-v2 and rotten_tomatoes it bought no accuracy
-and its random masks cost 12-20% of LoRA's training time on a CPU (docs/transfer-learning.md). Dropout
+and its random masks cost 13% of LoRA's training time on a CPU (docs/transfer-learning.md). Dropout
 inside an attention module stays: in BERT its probability is handed to the attention kernel, and at 0
 PyTorch's CPU attention takes its flash kernel, whose backward (bf16, batch 32 of 28 tokens) took 2.5x
 the plain kernel's with dropout. The published model's config still names the model's own dropout.
